@@ -1,0 +1,184 @@
+"""The federation's data: one tensor pool, index views per client, a global test set.
+
+Clients never own copies of their samples: they hold index arrays into one pool, so
+memory stays flat in the number of clients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fldistill.data.arrays import ArrayDataset
+from fldistill.data.partition import label_counts, parse_partition, partition_indices
+from fldistill.data.registry import dataset_info, load_dataset
+from fldistill.errors import ConfigError
+from fldistill.seeding import np_rng, seed_for
+
+
+@dataclass
+class Federation:
+    """Data of a simulated federation.
+
+    Attributes
+    ----------
+    x, y : torch.Tensor
+        The normalised training pool and its labels.
+    client_train, client_test : list of np.ndarray
+        Each client's local train (80%) and local test (20%) indices into the pool.
+    x_test, y_test : torch.Tensor
+        The global test set (the dataset's own test split).
+    public : ArrayDataset or None
+        The public auxiliary set, normalised like the pool, disjoint from both.
+    """
+
+    name: str
+    n_classes: int
+    input_shape: tuple[int, ...]
+    x: torch.Tensor
+    y: torch.Tensor
+    client_train: list[np.ndarray]
+    client_test: list[np.ndarray]
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    mean: np.ndarray
+    std: np.ndarray
+    public: ArrayDataset | None = None
+    partition: str = ""
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def n_clients(self) -> int:
+        return len(self.client_train)
+
+    def client_data(self, cid: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        """A client's local samples (``split`` = ``train`` or ``test``)."""
+        ix = (self.client_train if split == "train" else self.client_test)[cid]
+        t = torch.from_numpy(ix)
+        return self.x[t], self.y[t]
+
+    def train_sizes(self) -> np.ndarray:
+        """Local training sample counts of all clients."""
+        return np.array([len(ix) for ix in self.client_train], dtype=np.int64)
+
+    def label_counts(self) -> np.ndarray:
+        """``(n_clients, n_classes)`` class counts of the local training data."""
+        if "counts" not in self._cache:
+            self._cache["counts"] = label_counts(self.y.cpu().numpy(), self.client_train, self.n_classes)
+        return self._cache["counts"]
+
+    def all_train_indices(self) -> np.ndarray:
+        """Indices of every client's local training data (the centralized union)."""
+        return np.sort(np.concatenate(self.client_train))
+
+
+def _norm_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # Per channel for images (n, C, H, W); one scalar for flat/1-D data.
+    axes = (0, 2, 3) if x.ndim == 4 else tuple(range(x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)[0]
+    std = x.std(axis=axes, keepdims=True)[0] + 1e-8
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def build_public(source: str, size: int, dataset: str, pool: ArrayDataset, data_dir: str | None, seed: int) -> tuple[ArrayDataset, np.ndarray]:
+    """Build the public auxiliary set.
+
+    Returns the set and the pool indices it consumed (``holdout`` removes them from
+    the clients' pool so the public set stays disjoint).
+    """
+    src = source
+    if src == "auto":
+        src = "shifted" if dataset == "mnist1d" else "holdout"
+    if src == "holdout":
+        if size >= len(pool) // 2:
+            raise ConfigError(f"public.size={size} is too large to hold out of {len(pool)} training samples")
+        ix = np_rng(seed, "public").choice(len(pool), size, replace=False)
+        return pool.subset(np.sort(ix)), np.sort(ix)
+    if src == "shifted":
+        if dataset != "mnist1d":
+            raise ConfigError("public.source=shifted exists only for mnist1d; use holdout, noise or dataset:NAME")
+        from fldistill.data.embedded import mnist1d_shifted
+
+        return mnist1d_shifted(size), np.array([], dtype=np.int64)
+    if src == "noise":
+        g = np_rng(seed, "public-noise")
+        x = g.standard_normal((size, *pool.input_shape)).astype(np.float32) * pool.x.std() + pool.x.mean()
+        return ArrayDataset(x, np.zeros(size, np.int64), pool.n_classes, "noise"), np.array([], dtype=np.int64)
+    if src.startswith("dataset:"):
+        other = src.split(":", 1)[1]
+        tr, _ = load_dataset(other, data_dir)
+        if tr.input_shape != pool.input_shape:
+            raise ConfigError(
+                f"public.source={src} has inputs of shape {tr.input_shape}, the clients' data {pool.input_shape}; "
+                "pick a dataset of the same shape"
+            )
+        ix = np_rng(seed, "public").choice(len(tr), min(size, len(tr)), replace=False)
+        return tr.subset(np.sort(ix)), np.array([], dtype=np.int64)
+    raise ConfigError(f"unknown public.source '{source}'; use auto, holdout, shifted, noise or dataset:NAME")
+
+
+def build_federation(
+    dataset: str,
+    partition: str,
+    n_clients: int,
+    seed: int,
+    *,
+    data_dir: str | None = None,
+    dataset_size: int | None = None,
+    local_test_fraction: float = 0.2,
+    public_source: str | None = None,
+    public_size: int = 1000,
+    device: str | torch.device = "cpu",
+) -> Federation:
+    """Load, partition and split a dataset into a :class:`Federation`.
+
+    Parameters
+    ----------
+    public_source : str or None
+        Build the public auxiliary set from this source (see :class:`PublicConfig`);
+        None when the method needs none.
+    """
+    info = dataset_info(dataset)
+    spec = parse_partition(partition, info.n_classes or None, n_clients)
+    train, test = load_dataset(dataset, data_dir, dataset_size)
+    spec = parse_partition(partition, train.n_classes, n_clients)
+    public = None
+    keep = np.arange(len(train))
+    if public_source is not None:
+        public, used = build_public(public_source, public_size, dataset, train, data_dir, seed)
+        keep = np.setdiff1d(keep, used)
+    pool = train.subset(keep) if len(keep) != len(train) else train
+    parts = partition_indices(pool.y, spec, n_clients, seed_for(seed, "partition"))
+    tr_parts, te_parts = [], []
+    for cid, ix in enumerate(parts):
+        perm = np_rng(seed, "local-split", cid).permutation(ix)
+        n_test = int(np.floor(len(ix) * local_test_fraction))
+        if len(ix) - n_test < 1:
+            raise ConfigError(f"client {cid} has {len(ix)} samples, too few for a local train/test split")
+        tr_parts.append(np.sort(perm[n_test:]))
+        te_parts.append(np.sort(perm[:n_test]))
+    mean, std = _norm_stats(pool.x)
+    dev = torch.device(device)
+
+    def norm(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy((a - mean) / std).to(dev)
+
+    if public is not None:
+        public = ArrayDataset((public.x - mean) / std, public.y, public.n_classes, public.name)
+    return Federation(
+        name=dataset,
+        n_classes=train.n_classes,
+        input_shape=train.input_shape,
+        x=norm(pool.x),
+        y=torch.from_numpy(pool.y).to(dev),
+        client_train=tr_parts,
+        client_test=te_parts,
+        x_test=norm(test.x),
+        y_test=torch.from_numpy(test.y).to(dev),
+        mean=mean,
+        std=std,
+        public=public,
+        partition=str(spec),
+    )

@@ -1,0 +1,65 @@
+"""Named datasets: what each one is, and how to load it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fldistill.data.arrays import ArrayDataset
+from fldistill.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a dataset, known before anything is loaded."""
+
+    name: str
+    n_classes: int
+    input_shape: tuple[int, ...]
+    embedded: bool
+    description: str
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    d.name: d
+    for d in [
+        DatasetInfo("mnist1d", 10, (40,), True, "MNIST-1D, generated locally (default 16,000 train / 4,000 test)"),
+        DatasetInfo("digits", 10, (1, 8, 8), True, "scikit-learn 8x8 handwritten digits (1,437 train / 360 test)"),
+        DatasetInfo("mnist", 10, (1, 28, 28), False, "MNIST from IDX files in --data-dir"),
+        DatasetInfo("fashion-mnist", 10, (1, 28, 28), False, "Fashion-MNIST from IDX files in --data-dir"),
+        DatasetInfo("cifar10", 10, (3, 32, 32), False, "CIFAR-10 (binary or python version) in --data-dir"),
+        DatasetInfo("cifar100", 100, (3, 32, 32), False, "CIFAR-100 (binary or python version) in --data-dir"),
+        DatasetInfo("svhn", 10, (3, 32, 32), False, "SVHN cropped digits (.mat) in --data-dir"),
+        DatasetInfo("imagefolder", 0, (), False, "class-per-folder images (CINIC-10, Tiny-ImageNet layouts) in --data-dir"),
+    ]
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Facts about ``name``; unknown names raise a :class:`ConfigError` listing valid ones."""
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def load_dataset(name: str, data_dir: str | None = None, size: int | None = None) -> tuple[ArrayDataset, ArrayDataset]:
+    """Load ``(train, test)`` for a named dataset.
+
+    Embedded datasets ignore ``data_dir``; the others read it and never download.
+    """
+    info = dataset_info(name)
+    if name == "mnist1d":
+        from fldistill.data.embedded import load_mnist1d
+
+        return load_mnist1d(size)
+    if name == "digits":
+        from fldistill.data.embedded import load_digits
+
+        return load_digits()
+    if data_dir is None:
+        raise DataError(f"dataset '{name}' is read from disk: pass --data-dir pointing at its files ({info.description})")
+    if not Path(data_dir).is_dir():
+        raise DataError(f"--data-dir {data_dir} does not exist or is not a folder")
+    from fldistill.data.loaders import load_from_folder
+
+    return load_from_folder(name, data_dir)

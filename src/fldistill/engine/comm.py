@@ -1,0 +1,203 @@
+"""Roles, tasks and the in-process transport.
+
+A method is a protocol: the server side sends :class:`Payload` requests to clients,
+clients run a named *task* and reply. The transport prices every request and reply in
+the :class:`~fldistill.ledger.Ledger` and may route a reply to another client (a
+device-to-device transfer, e.g. member -> cluster head) instead of the server.
+
+Client tasks are plain functions registered with :func:`task`. They see only their
+:class:`ClientContext` (own data, a persistent store, seeded random streams) and the
+payload, so the same function can serve a Flower ``ClientApp`` handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fldistill.config import LocalConfig
+from fldistill.data.federation import Federation
+from fldistill.engine.training import local_train, make_objective
+from fldistill.ledger import Kind, Ledger, Payload
+from fldistill.seeding import torch_gen
+
+TaskFn = Callable[["ClientContext", Payload], Payload]
+TASKS: dict[str, TaskFn] = {}
+
+
+def task(name: str) -> Callable[[TaskFn], TaskFn]:
+    """Register a client-side task handler under ``name``."""
+
+    def deco(fn: TaskFn) -> TaskFn:
+        TASKS[name] = fn
+        return fn
+
+    return deco
+
+
+@dataclass
+class ClientContext:
+    """What a client sees while it runs a task.
+
+    Attributes
+    ----------
+    store : dict
+        Persistent client state across rounds (tensors only, so it checkpoints).
+    inbox : list of (sender, Payload)
+        Device-to-device messages delivered to this client.
+    """
+
+    cid: int
+    fed: Federation
+    model: torch.nn.Module
+    local: LocalConfig
+    seed: int
+    store: dict[str, torch.Tensor]
+    inbox: list[tuple[int, Payload]] = field(default_factory=list)
+
+    def data(self, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+        """This client's own samples."""
+        return self.fed.client_data(self.cid, split)
+
+    def gen(self, *keys: int | str) -> torch.Generator:
+        """A seeded torch generator private to this client and ``keys``."""
+        return torch_gen(self.seed, "client", self.cid, *keys, device=self.fed.x.device)
+
+
+class InProcessComm:
+    """Runs tasks directly, in this process, and prices every message.
+
+    Parameters
+    ----------
+    ledger : Ledger
+        Where bits are counted.
+    fed : Federation
+        The clients' data.
+    model : torch.nn.Module
+        One reusable worker module: clients load states into it, never keep their own.
+    local : LocalConfig
+        Default local-training settings handed to tasks.
+    seed : int
+        The run seed (client streams derive from it).
+    """
+
+    def __init__(self, ledger: Ledger, fed: Federation, model: torch.nn.Module, local: LocalConfig, seed: int) -> None:
+        self.ledger, self.fed, self.model, self.local, self.seed = ledger, fed, model, local, seed
+        self.stores: dict[int, dict[str, torch.Tensor]] = {}
+        self.inboxes: dict[int, list[tuple[int, Payload]]] = {}
+
+    def context(self, cid: int) -> ClientContext:
+        """The context of client ``cid`` (its store persists across calls)."""
+        return ClientContext(
+            cid, self.fed, self.model, self.local, self.seed, self.stores.setdefault(cid, {}), self.inboxes.setdefault(cid, [])
+        )
+
+    def call(
+        self,
+        task_name: str,
+        requests: Mapping[int, Payload],
+        *,
+        phase: str,
+        reply_to: Mapping[int, int] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[int, Payload]:
+        """Send ``requests[cid]`` to each client, run ``task_name``, collect replies.
+
+        Parameters
+        ----------
+        reply_to : mapping, optional
+            ``{sender: receiver}``: that sender's reply goes to the receiving client's
+            inbox (hop ``client->client``) instead of back to the server.
+        progress : callable, optional
+            Called with 1 after each client, for progress bars.
+
+        Returns
+        -------
+        dict
+            Replies that came back to the server, by client id.
+        """
+        fn = TASKS[task_name]
+        out: dict[int, Payload] = {}
+        for cid in sorted(requests):
+            req = requests[cid]
+            self.ledger.charge("server->client", req, phase)
+            reply = fn(self.context(cid), req)
+            if reply_to is not None and cid in reply_to:
+                dst = int(reply_to[cid])
+                self.ledger.charge("client->client", reply, phase)
+                self.inboxes.setdefault(dst, []).append((cid, reply))
+            else:
+                self.ledger.charge("client->server", reply, phase)
+                out[cid] = reply
+            if progress is not None:
+                progress(1)
+        return out
+
+    def charge(self, hop: str, payload: Payload, phase: str) -> int:
+        """Price a transfer between server-side roles (edge <-> cloud)."""
+        return self.ledger.charge(hop, payload, phase)
+
+    # -- checkpointing of client-side state --------------------------------------------
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Client stores and inboxes as flat tensors plus JSON metadata."""
+        tensors: dict[str, torch.Tensor] = {}
+        meta: dict[str, Any] = {"stores": {}, "inboxes": {}}
+        for cid, st in self.stores.items():
+            if st:
+                meta["stores"][str(cid)] = sorted(st)
+                for k, v in st.items():
+                    tensors[f"store/{cid}/{k}"] = v
+        for cid, box in self.inboxes.items():
+            if box:
+                entries = []
+                for j, (src, p) in enumerate(box):
+                    entries.append({"src": src, "kinds": {k: v.value for k, v in p.kinds.items()}, "meta": p.meta})
+                    for k, v in p.tensors.items():
+                        tensors[f"inbox/{cid}/{j}/{k}"] = v
+                meta["inboxes"][str(cid)] = entries
+        return tensors, meta
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.stores = {int(c): {k: tensors[f"store/{c}/{k}"] for k in keys} for c, keys in meta["stores"].items()}
+        self.inboxes = {}
+        for c, entries in meta["inboxes"].items():
+            box = []
+            for j, e in enumerate(entries):
+                kinds = {k: Kind(v) for k, v in e["kinds"].items()}
+                box.append((int(e["src"]), Payload({k: tensors[f"inbox/{c}/{j}/{k}"] for k in kinds}, kinds, e["meta"])))
+            self.inboxes[int(c)] = box
+
+
+def local_config_from(meta: Mapping[str, Any], default: LocalConfig) -> LocalConfig:
+    """The request's local-training overrides (``meta["local"]``) on top of the default."""
+    over = meta.get("local")
+    return default.model_copy(update=over) if over else default
+
+
+@task("train")
+def train_task(ctx: ClientContext, req: Payload) -> Payload:
+    """Local training from the model in ``req`` (prefix ``model``).
+
+    Request metadata: ``round`` (for the random stream), ``objective`` and
+    ``objective_args`` (default plain cross-entropy), ``local`` (overrides of the
+    local-training config), ``use_inbox`` (also train on data received from other
+    clients: tensors ``x`` and ``y`` of inbox payloads).
+
+    Reply: the trained model (prefix ``model``), metadata ``n``, ``loss``, ``steps``.
+    """
+    state = req.get_state("model")
+    x, y = ctx.data("train")
+    if req.meta.get("use_inbox") and ctx.inbox:
+        xs = [x] + [p.tensors["x"].to(x) for _, p in ctx.inbox]
+        ys = [y] + [p.tensors["y"].to(y) for _, p in ctx.inbox]
+        x, y = torch.cat(xs), torch.cat(ys)
+    local = local_config_from(req.meta, ctx.local)
+    obj = make_objective(req.meta.get("objective", "ce"), req.meta.get("objective_args", {}), state, ctx.model)
+    new, stats = local_train(
+        ctx.model, state, x, y, local, obj, ctx.gen("train", int(req.meta.get("round", 0))), where=f"client {ctx.cid}"
+    )
+    return Payload(meta={**stats}).put_state("model", new, Kind.PARAM)

@@ -1,0 +1,314 @@
+"""The runner: the one round loop every method shares.
+
+It validates the config before any long work, builds data, model, ledger and method,
+runs setup and rounds, evaluates, appends ``metrics.jsonl``, checkpoints atomically after
+every round (safetensors, no pickle), resumes, and writes ``summary.json`` and plots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, save_file
+
+from fldistill.config import RunConfig
+from fldistill.data.federation import Federation, build_federation
+from fldistill.data.partition import parse_partition
+from fldistill.data.registry import dataset_info
+from fldistill.engine.comm import InProcessComm
+from fldistill.engine.training import evaluate, get_state
+from fldistill.errors import ConfigError, DataError, TrainingDiverged
+from fldistill.ledger import Ledger
+from fldistill.methods import get_method
+from fldistill.methods.base import Method, RunContext
+from fldistill.models import build_model, default_model_for
+from fldistill.seeding import seed_for
+
+CHECKPOINT = "checkpoint/state.safetensors"
+
+
+def method_params(cfg: RunConfig) -> BaseModel:
+    """Validate ``cfg.params`` against the method's own parameter model."""
+    cls = get_method(cfg.method)
+    try:
+        return cls.Params.model_validate(cfg.params)
+    except ValidationError as err:
+        e = err.errors()[0]
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            valid = ", ".join(cls.Params.model_fields) or "none"
+            raise ConfigError(f"method '{cfg.method}' has no parameter '{key}' (valid: {valid})") from None
+        raise ConfigError(f"invalid params.{key} for method '{cfg.method}': {e['msg']}") from None
+
+
+def resolve_model_name(cfg: RunConfig) -> str:
+    """The model architecture: ``cfg.model`` or the dataset's default."""
+    return default_model_for(cfg.dataset) if cfg.model == "auto" else cfg.model
+
+
+def validate(cfg: RunConfig) -> None:
+    """Every check that can fail fast, before data is loaded or anything is trained."""
+    info = dataset_info(cfg.dataset)
+    method_params(cfg)
+    parse_partition(cfg.partition, info.n_classes or None, cfg.clients)
+    if info.input_shape:  # folder datasets of unknown shape are checked after loading
+        build_model(resolve_model_name(cfg), info.input_shape, info.n_classes)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{cfg.device}' requested but CUDA is not available; use --set device=cpu")
+    if not info.embedded and not cfg.data_dir:
+        raise DataError(f"dataset '{cfg.dataset}' is read from disk: pass --data-dir ({info.description})")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Runner:
+    """Runs one experiment into a run folder.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        The experiment. With ``resume`` the folder's saved config wins.
+    out_dir : Path
+        The run folder.
+    resume : bool
+        Continue from the folder's last checkpoint.
+    quiet : bool
+        No progress bars or per-round lines.
+    """
+
+    def __init__(self, cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, quiet: bool = False, console: Console | None = None) -> None:
+        self.out = Path(out_dir)
+        self.resume = resume
+        self.quiet = quiet
+        self.console = console or Console(stderr=True)
+        if resume:
+            saved = self.out / "config.json"
+            if not saved.is_file():
+                raise ConfigError(f"--resume: {saved} not found; point --out at an existing run folder")
+            from fldistill.config import parse_config
+
+            cfg = parse_config(json.loads(saved.read_text()))
+        elif (self.out / "metrics.jsonl").exists():
+            raise ConfigError(f"run folder {self.out} already holds a run; pass --resume to continue it or choose another --out")
+        self.cfg = cfg
+        validate(cfg)
+        self._progress: Progress | None = None
+
+    # -- progress bars -----------------------------------------------------------------
+    @contextmanager
+    def _bars(self) -> Iterator[None]:
+        if self.quiet:
+            yield
+            return
+        cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*cols, console=self.console, transient=False) as p:
+            self._progress = p
+            try:
+                yield
+            finally:
+                self._progress = None
+
+    def progress(self, label: str, total: int) -> Callable[[int], None]:
+        """A transient sub-bar for a long phase; returns ``advance(n)``."""
+        p = self._progress
+        if p is None or total <= 0:
+            return lambda n=1: None
+        tid = p.add_task(f"  {label}", total=total)
+
+        def advance(n: int = 1) -> None:
+            p.advance(tid, n)
+            if p.tasks[[t.id for t in p.tasks].index(tid)].finished:
+                p.remove_task(tid)
+
+        return advance
+
+    # -- building ----------------------------------------------------------------------
+    def build(self) -> Method:
+        """Load data, build the model, ledger, transport and method."""
+        cfg = self.cfg
+        cls = get_method(cfg.method)
+        params = method_params(cfg)
+        device = torch.device(cfg.device)
+        fed: Federation = build_federation(
+            cfg.dataset,
+            cfg.partition,
+            cfg.clients,
+            cfg.seed,
+            data_dir=cfg.data_dir,
+            dataset_size=cfg.dataset_size,
+            local_test_fraction=cfg.local_test_fraction,
+            public_source=cfg.public.source if cls.needs_public else None,
+            public_size=cfg.public.size,
+            device=device,
+        )
+        torch.manual_seed(seed_for(cfg.seed, "init"))
+        model = build_model(resolve_model_name(cfg), fed.input_shape, fed.n_classes).to(device)
+        self.fed, self.model = fed, model
+        self.ledger = Ledger(cfg.ledger.b1, cfg.ledger.b2, cfg.ledger.label_bits)
+        self.comm = InProcessComm(self.ledger, fed, model, cfg.local, cfg.seed)
+        ctx = RunContext(cfg, fed, self.comm, model, get_state(model), self.progress)
+        return cls(ctx, params)
+
+    # -- checkpoint --------------------------------------------------------------------
+    def save_checkpoint(self, method: Method, round_: int, wall: float, extra: dict[str, Any]) -> None:
+        """Atomically write everything needed to continue after ``round_``."""
+        mt, mm = method.state_dict()
+        ct, cm = self.comm.state_dict()
+        tensors = {f"m/{k}": v.detach().contiguous().cpu() for k, v in mt.items()}
+        tensors.update({f"c/{k}": v.detach().contiguous().cpu() for k, v in ct.items()})
+        meta = {"round": round_, "wall_s": wall, "method": mm, "comm": cm, "ledger": self.ledger.state_dict(), "extra": extra}
+        path = self.out / CHECKPOINT
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={"fldistill": json.dumps(meta)})
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, method: Method) -> dict[str, Any]:
+        """Restore method, client state and ledger; returns the checkpoint metadata."""
+        path = self.out / CHECKPOINT
+        if not path.is_file():
+            raise DataError(f"--resume: no checkpoint at {path}; the run never finished its setup, start it again without --resume")
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                meta = json.loads(f.metadata()["fldistill"])
+            tensors = load_file(str(path), device=str(self.fed.x.device))
+        except (SafetensorsError, OSError, KeyError, json.JSONDecodeError) as err:
+            raise DataError(f"checkpoint {path} is corrupt ({err}); delete the run folder and start again") from None
+        method.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("m/")}, meta["method"])
+        self.comm.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("c/")}, meta["comm"])
+        self.ledger.load_state_dict(meta["ledger"])
+        return meta
+
+    # -- the loop ----------------------------------------------------------------------
+    def _evaluate(self, method: Method) -> dict[str, float]:
+        rec: dict[str, float] = {}
+        for key, state in method.eval_states().items():
+            acc, loss = evaluate(self.model, state, self.fed.x_test, self.fed.y_test, self.cfg.eval_batch_size)
+            pre = f"{key}_" if key else ""
+            rec[f"{pre}accuracy"], rec[f"{pre}loss"] = acc, loss
+        return rec
+
+    def _record(self, t: int, wall: float, evals: dict[str, float], extra: dict[str, Any]) -> dict[str, Any]:
+        rec: dict[str, Any] = {"round": t, **evals}
+        rec["bits"] = self.ledger.snapshot()
+        rec["bits_total"] = self.ledger.total
+        rec["wall_s"] = round(wall, 4)
+        for k, v in extra.items():
+            if isinstance(v, (int, float, str, bool)) or v is None:
+                rec[k] = v
+        return rec
+
+    def _check(self, t: int, rec: dict[str, Any], ref_loss: float) -> None:
+        loss = rec["loss"]
+        if not math.isfinite(loss) or loss > self.cfg.divergence_factor * ref_loss:
+            raise TrainingDiverged(
+                f"round {t}: test loss {loss:.4g} diverged (initial {ref_loss:.4g}); lower local.lr "
+                f"(now {self.cfg.local.lr}) or raise divergence_factor; the last good round is checkpointed"
+            )
+
+    def run(self) -> dict[str, Any]:
+        """Run (or resume) the experiment; returns the summary."""
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        with self._bars():
+            method = self.build()
+            metrics_path = self.out / "metrics.jsonl"
+            if self.resume:
+                meta = self.load_checkpoint(method)
+                start, wall0, setup_extra = int(meta["round"]) + 1, float(meta["wall_s"]), meta["extra"]
+                keep = [ln for ln in metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln)["round"] < start]
+                _atomic_write_text(metrics_path, "".join(k + "\n" for k in keep))
+                records = [json.loads(k) for k in keep]
+            else:
+                _atomic_write_text(self.out / "config.json", cfg.to_json() + "\n")
+                setup_extra = method.setup()
+                wall0 = 0.0
+                rec = self._record(0, time.perf_counter() - t0, self._evaluate(method), setup_extra)
+                records = [rec]
+                _atomic_write_text(metrics_path, json.dumps(rec) + "\n")
+                self.save_checkpoint(method, 0, rec["wall_s"], setup_extra)
+                start = 1
+            ref_loss = max(records[0]["loss"], math.log(max(self.fed.n_classes, 2)))
+            bar = self._progress.add_task(f"{cfg.method} rounds", total=cfg.rounds, completed=start - 1) if self._progress else None
+            try:
+                for t in range(start, cfg.rounds + 1):
+                    extra = method.round(t)
+                    wall = wall0 + (time.perf_counter() - t0)
+                    rec = self._record(t, wall, self._evaluate(method), extra)
+                    self._check(t, rec, ref_loss)
+                    records.append(rec)
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                    self.save_checkpoint(method, t, rec["wall_s"], setup_extra)
+                    if bar is not None:
+                        self._progress.update(bar, advance=1, description=f"{cfg.method} rounds  acc {rec['accuracy']:.4f}")
+            except KeyboardInterrupt:
+                done = records[-1]["round"]
+                raise KeyboardInterrupt(
+                    f"interrupted after round {done}; continue with: fldistill run --resume --out {self.out}"
+                ) from None
+        summary = self._summary(method, records, setup_extra)
+        _atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        self._plots()
+        return summary
+
+    def _summary(self, method: Method, records: list[dict[str, Any]], setup_extra: dict[str, Any]) -> dict[str, Any]:
+        rounds = [r for r in records if r["round"] >= 1]
+        accs = [r["accuracy"] for r in rounds] or [records[0]["accuracy"]]
+        best = max(range(len(accs)), key=lambda i: accs[i])
+        last = records[-1]
+        setup_s = records[0]["wall_s"]
+        s: dict[str, Any] = {
+            "method": self.cfg.method,
+            "dataset": self.cfg.dataset,
+            "partition": self.fed.partition,
+            "clients": self.cfg.clients,
+            "participation": self.cfg.participation,
+            "rounds": len(rounds),
+            "seed": self.cfg.seed,
+            "model": resolve_model_name(self.cfg),
+            "final_accuracy": accs[-1],
+            "final_accuracy_mean5": sum(accs[-5:]) / len(accs[-5:]),
+            "best_accuracy": accs[best],
+            "best_round": rounds[best]["round"] if rounds else 0,
+            "total_bits": self.ledger.total,
+            "total_bytes": self.ledger.total // 8,
+            "bits": dict(self.ledger.bits),
+            "bits_by_phase": self.ledger.by_phase,
+            "wall_s": last["wall_s"],
+            "setup_s": setup_s,
+            "seconds_per_round": (last["wall_s"] - setup_s) / max(len(rounds), 1),
+            "status": "completed",
+        }
+        for k, v in records[-1].items():
+            if k.endswith("accuracy") and k != "accuracy":
+                s[f"final_{k}"] = v
+        s.update(method.summary_extra())
+        return s
+
+    def _plots(self) -> None:
+        from fldistill.report.plots import plot_label_heatmap, plot_run
+
+        plot_run(self.out)
+        plot_label_heatmap(
+            self.fed.label_counts(), self.out / "plots" / "label_distribution.png", title=f"{self.cfg.dataset} {self.fed.partition}"
+        )

@@ -1,0 +1,225 @@
+"""Local training and evaluation, shared by every method and engine.
+
+A local *objective* is a loss written against a :class:`Net` handle (logits, features,
+parameters) rather than against an ``nn.Module``. The sequential engine hands it the
+module itself; a vectorised engine can hand it a ``functional_call`` view inside
+``vmap``. Method code therefore never changes with the engine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from fldistill.config import LocalConfig
+from fldistill.errors import TrainingDiverged
+
+ModelState = dict[str, torch.Tensor]
+
+
+def get_state(model: torch.nn.Module) -> ModelState:
+    """A detached copy of the model's parameters and buffers."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def set_state(model: torch.nn.Module, state: ModelState) -> None:
+    """Load ``state`` into ``model`` (copies values, keeps the module's tensors)."""
+    model.load_state_dict(state, strict=True)
+
+
+def weighted_average(states: list[ModelState], weights: list[float] | torch.Tensor) -> ModelState:
+    """Weighted average of model states (FedAvg aggregation).
+
+    Floating-point entries are averaged with weights normalised to sum to one; integer
+    buffers (BatchNorm's ``num_batches_tracked``) take the maximum.
+    """
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    if len(states) == 0 or w.numel() != len(states):
+        raise ValueError("weighted_average needs one weight per state")
+    w = w / w.sum()
+    out: ModelState = {}
+    for k, ref in states[0].items():
+        if ref.is_floating_point():
+            acc = torch.zeros_like(ref, dtype=torch.float64)
+            for s, wi in zip(states, w):
+                acc += wi * s[k].to(torch.float64)
+            out[k] = acc.to(ref.dtype)
+        else:
+            out[k] = torch.stack([s[k] for s in states]).max(0).values
+    return out
+
+
+class Net(Protocol):
+    """What an objective sees of the model being trained."""
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor: ...
+    def features(self, x: torch.Tensor) -> torch.Tensor: ...
+    def head(self, h: torch.Tensor) -> torch.Tensor: ...
+    def params(self) -> dict[str, torch.Tensor]: ...
+
+
+class ModuleNet:
+    """:class:`Net` over an ``nn.Module`` with ``features``/``classifier`` (sequential engine)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module.features(x)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.module.classifier(h)
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return dict(self.module.named_parameters())
+
+
+LossFn = Callable[[Net, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Objective:
+    """A local loss plus whether a vectorised engine may batch it across clients."""
+
+    name: str
+    loss: LossFn
+    vectorisable: bool = True
+
+
+ObjectiveFactory = Callable[[dict[str, Any], ModelState, torch.nn.Module], Objective]
+OBJECTIVES: dict[str, ObjectiveFactory] = {}
+
+
+def objective(name: str) -> Callable[[ObjectiveFactory], ObjectiveFactory]:
+    """Register a local objective factory ``(args, reference_state, model) -> Objective``."""
+
+    def deco(fn: ObjectiveFactory) -> ObjectiveFactory:
+        OBJECTIVES[name] = fn
+        return fn
+
+    return deco
+
+
+def make_objective(name: str, args: dict[str, Any], ref: ModelState, model: torch.nn.Module) -> Objective:
+    """Build a registered objective; ``ref`` is the model state the client started from."""
+    if name not in OBJECTIVES:
+        raise KeyError(f"unknown local objective {name!r}; registered: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name](args, ref, model)
+
+
+@objective("ce")
+def _ce(args: dict[str, Any], ref: ModelState, model: torch.nn.Module) -> Objective:
+    return Objective("ce", lambda net, x, y: F.cross_entropy(net.logits(x), y))
+
+
+@objective("fedprox")
+def _fedprox(args: dict[str, Any], ref: ModelState, model: torch.nn.Module) -> Objective:
+    mu = float(args.get("mu", 0.01))
+    anchor = {k: ref[k].detach() for k, _ in model.named_parameters()}
+
+    def loss(net: Net, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # The proximal term is always computed (also at mu=0) so that "FedProx(mu=0) ==
+        # FedAvg" is a real check of this code path rather than of a shortcut.
+        prox = sum(((p - anchor[k]) ** 2).sum() for k, p in net.params().items())
+        return F.cross_entropy(net.logits(x), y) + 0.5 * mu * prox
+
+    return Objective("fedprox", loss)
+
+
+def batch_schedule(n: int, local: LocalConfig, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index batches for one client's local work.
+
+    ``epochs``: E passes over a fresh permutation, the last batch of each pass may be
+    short. ``steps``: E batches drawn by walking successive permutations.
+    """
+    b = min(local.batch_size, n)
+    if local.unit == "epochs":
+        for _ in range(local.amount):
+            perm = torch.randperm(n, generator=gen)
+            for i in range(0, n, b):
+                yield perm[i : i + b]
+    else:
+        perm, pos = torch.randperm(n, generator=gen), 0
+        for _ in range(local.amount):
+            if pos + b > n:
+                perm, pos = torch.randperm(n, generator=gen), 0
+            yield perm[pos : pos + b]
+            pos += b
+
+
+def num_local_steps(n: int, local: LocalConfig) -> int:
+    """How many optimiser steps :func:`batch_schedule` yields for ``n`` samples."""
+    if local.unit == "steps":
+        return local.amount
+    return local.amount * math.ceil(n / min(local.batch_size, n))
+
+
+def local_train(
+    model: torch.nn.Module,
+    state: ModelState,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    local: LocalConfig,
+    obj: Objective,
+    gen: torch.Generator,
+    *,
+    where: str = "",
+) -> tuple[ModelState, dict[str, float]]:
+    """Run local SGD from ``state`` on ``(x, y)``.
+
+    Returns the new state and ``{"loss": mean training loss, "steps": k, "n": n}``.
+
+    Raises
+    ------
+    TrainingDiverged
+        If a loss becomes NaN or infinite.
+    """
+    set_state(model, state)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=local.lr, momentum=local.momentum, weight_decay=local.weight_decay)
+    net = ModuleNet(model)
+    total, steps = 0.0, 0
+    for idx in batch_schedule(len(y), local, gen):
+        opt.zero_grad(set_to_none=True)
+        loss = obj.loss(net, x[idx], y[idx])
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"{where or 'local training'}: the loss became {loss.item()} at step {steps}; "
+                f"lower local.lr (now {local.lr}) or check the data"
+            )
+        loss.backward()
+        opt.step()
+        total += float(loss.detach())
+        steps += 1
+    return get_state(model), {"loss": total / max(steps, 1), "steps": float(steps), "n": float(len(y))}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, state: ModelState, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of ``state`` on ``(x, y)``."""
+    set_state(model, state)
+    model.eval()
+    correct, loss = 0, 0.0
+    for i in range(0, len(y), batch_size):
+        out = model(x[i : i + batch_size])
+        yb = y[i : i + batch_size]
+        loss += float(F.cross_entropy(out, yb, reduction="sum"))
+        correct += int((out.argmax(1) == yb).sum())
+    n = max(len(y), 1)
+    return correct / n, loss / n
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, state: ModelState, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Softmax outputs of ``state`` on ``x``."""
+    set_state(model, state)
+    model.eval()
+    return torch.cat([F.softmax(model(x[i : i + batch_size]), 1) for i in range(0, len(x), batch_size)])

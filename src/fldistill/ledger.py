@@ -1,0 +1,124 @@
+"""The communication ledger: every message between roles is priced here, in bits.
+
+Methods never count bytes themselves. They build :class:`Payload` objects whose tensors
+carry a *kind*, and the transport charges each payload to a hop and a phase. Closed-form
+cost formulas (HFLDD Eq. 3, 18, 19) are therefore checks on this ledger, not the source
+of the numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+
+HOPS: tuple[str, ...] = (
+    "server->client",
+    "client->server",
+    "client->client",
+    "cloud->edge",
+    "edge->cloud",
+)
+
+
+class Kind(str, Enum):
+    """How a tensor in a payload is priced."""
+
+    PARAM = "param"  # model parameters and buffers: B1 bits per value
+    FLOAT = "float"  # other floats (soft labels, logits, control variates): B1 bits per value
+    DATA = "data"  # raw or distilled input values: B2 bits per value
+    LABEL = "label"  # hard class labels: label_bits per value
+    SEED = "seed"  # sent as a random seed (initial model): free
+
+
+@dataclass
+class Payload:
+    """What one message carries: named tensors (priced) and small metadata (free).
+
+    Metadata holds scalars and short config (task options, sample counts); it is not
+    priced because it is a few bytes next to the tensors.
+    """
+
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    kinds: dict[str, Kind] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def put(self, name: str, tensor: torch.Tensor, kind: Kind) -> "Payload":
+        """Add a tensor with its pricing kind; returns self for chaining."""
+        self.tensors[name] = tensor
+        self.kinds[name] = Kind(kind)
+        return self
+
+    def put_state(self, prefix: str, state: dict[str, torch.Tensor], kind: Kind = Kind.PARAM) -> "Payload":
+        """Add every tensor of a model state under ``prefix.``."""
+        for k, v in state.items():
+            self.put(f"{prefix}.{k}", v, kind)
+        return self
+
+    def get_state(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The model state stored under ``prefix.``."""
+        p = prefix + "."
+        return {k[len(p):]: v for k, v in self.tensors.items() if k.startswith(p)}
+
+    def with_meta(self, **meta: Any) -> "Payload":
+        """A shallow copy with extra metadata (tensors are shared, not copied)."""
+        return Payload(dict(self.tensors), dict(self.kinds), {**self.meta, **meta})
+
+
+class Ledger:
+    """Cumulative bits per hop and per phase.
+
+    Parameters
+    ----------
+    b1, b2, label_bits : int
+        Bits per parameter/float value, per data value, per hard label.
+    """
+
+    def __init__(self, b1: int = 32, b2: int = 8, label_bits: int = 32) -> None:
+        self.b1, self.b2, self.label_bits = int(b1), int(b2), int(label_bits)
+        self.bits: dict[str, int] = {h: 0 for h in HOPS}
+        self.by_phase: dict[str, dict[str, int]] = {}
+        self.messages: dict[str, int] = {h: 0 for h in HOPS}
+
+    def price(self, payload: Payload) -> int:
+        """Bits needed to send ``payload``."""
+        per = {
+            Kind.PARAM: self.b1,
+            Kind.FLOAT: self.b1,
+            Kind.DATA: self.b2,
+            Kind.LABEL: self.label_bits,
+            Kind.SEED: 0,
+        }
+        return sum(int(t.numel()) * per[payload.kinds[n]] for n, t in payload.tensors.items())
+
+    def charge(self, hop: str, payload: Payload, phase: str) -> int:
+        """Record one message on ``hop`` during ``phase``; returns its bits."""
+        if hop not in self.bits:
+            raise ValueError(f"unknown hop {hop!r}; valid hops: {', '.join(HOPS)}")
+        bits = self.price(payload)
+        self.bits[hop] += bits
+        self.messages[hop] += 1
+        ph = self.by_phase.setdefault(phase, {})
+        ph[hop] = ph.get(hop, 0) + bits
+        return bits
+
+    @property
+    def total(self) -> int:
+        """All bits sent so far."""
+        return sum(self.bits.values())
+
+    def snapshot(self) -> dict[str, int]:
+        """Cumulative bits per hop (only hops that carried traffic, plus the main two)."""
+        return {h: b for h, b in self.bits.items() if b or h in ("server->client", "client->server")}
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state for checkpoints."""
+        return {"bits": dict(self.bits), "by_phase": self.by_phase, "messages": dict(self.messages)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.bits = {h: int(state["bits"].get(h, 0)) for h in HOPS}
+        self.by_phase = {p: {h: int(b) for h, b in d.items()} for p, d in state["by_phase"].items()}
+        self.messages = {h: int(state["messages"].get(h, 0)) for h in HOPS}

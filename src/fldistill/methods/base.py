@@ -1,0 +1,122 @@
+"""The method interface: a protocol between roles, run by the shared engine.
+
+A method never owns the round loop. The runner calls :meth:`Method.setup` once (one-off
+phases such as HFLDD's clustering and distillation), then :meth:`Method.round` for each
+round, evaluates :meth:`Method.eval_states`, logs, and checkpoints
+:meth:`Method.state_dict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from fldistill.config import RunConfig
+from fldistill.data.federation import Federation
+from fldistill.engine.comm import InProcessComm
+from fldistill.engine.training import ModelState, weighted_average
+from fldistill.ledger import Kind, Payload
+from fldistill.seeding import np_rng
+
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
+
+class NoParams(BaseModel):
+    """A method without parameters of its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class RunContext:
+    """What the engine gives a method."""
+
+    cfg: RunConfig
+    fed: Federation
+    comm: InProcessComm
+    model: torch.nn.Module  # the reusable worker module (architecture of every client)
+    init_state: ModelState  # the seeded initial model
+    progress: ProgressFactory  # progress("label", total) -> advance(n)
+
+
+class Method:
+    """Base class of all methods.
+
+    Subclasses set ``name``, ``description``, optionally ``Params`` (a pydantic model of
+    method-specific parameters, filled from ``config.params``) and implement
+    :meth:`round`. Per-client state lives here, on the server side, so one worker
+    module serves every client.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Params: ClassVar[type[BaseModel]] = NoParams
+    needs_public: ClassVar[bool] = False
+
+    def __init__(self, ctx: RunContext, params: BaseModel) -> None:
+        self.ctx, self.cfg, self.fed, self.comm, self.params = ctx, ctx.cfg, ctx.fed, ctx.comm, params
+        self.global_state: ModelState = {k: v.clone() for k, v in ctx.init_state.items()}
+        self.version = 0  # 0 = the seeded initial model, which travels for free
+
+    # -- hooks -----------------------------------------------------------------------
+    def setup(self) -> dict[str, Any]:
+        """One-off phases before round 1; returns extra metrics for round 0."""
+        return {}
+
+    def round(self, t: int) -> dict[str, Any]:
+        """Run round ``t`` (1-based); returns extra metrics to log."""
+        raise NotImplementedError
+
+    def eval_states(self) -> dict[str, ModelState]:
+        """Models to evaluate on the global test set; key ``""`` is the reported one."""
+        return {"": self.global_state}
+
+    def summary_extra(self) -> dict[str, Any]:
+        """Extra entries for ``summary.json``."""
+        return {}
+
+    # -- checkpoint --------------------------------------------------------------------
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Server-side state as tensors plus JSON metadata."""
+        return {f"global/{k}": v for k, v in self.global_state.items()}, {"version": self.version}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.global_state = {k[len("global/"):]: v.clone() for k, v in tensors.items() if k.startswith("global/")}
+        self.version = int(meta["version"])
+
+    # -- helpers -----------------------------------------------------------------------
+    def model_payload(self, state: ModelState | None = None, prefix: str = "model", *, initial: bool | None = None) -> Payload:
+        """A payload carrying a model; the seeded initial model is priced as a seed."""
+        is_init = (self.version == 0) if initial is None else initial
+        kind = Kind.SEED if (is_init and self.cfg.ledger.init_model_free) else Kind.PARAM
+        return Payload().put_state(prefix, self.global_state if state is None else state, kind)
+
+    def sample_clients(self, t: int) -> list[int]:
+        """The clients of round ``t``: one seeded stream shared by all methods."""
+        n = self.fed.n_clients
+        k = max(1, int(round(self.cfg.participation * n)))
+        if k >= n:
+            return list(range(n))
+        return sorted(np_rng(self.cfg.seed, "sample", t).choice(n, k, replace=False).tolist())
+
+    def set_global(self, state: ModelState) -> None:
+        """Replace the global model (a new version, no longer free to send)."""
+        self.global_state = state
+        self.version += 1
+
+    @staticmethod
+    def average(replies: dict[int, Payload], prefix: str = "model") -> ModelState:
+        """FedAvg of the replies' models, weighted by their sample counts ``meta["n"]``."""
+        ids = sorted(replies)
+        return weighted_average([replies[c].get_state(prefix) for c in ids], [replies[c].meta["n"] for c in ids])
+
+    @staticmethod
+    def mean_meta(replies: dict[int, Payload], key: str) -> float:
+        """Mean of a numeric metadata field over replies."""
+        return float(np.mean([r.meta[key] for r in replies.values()])) if replies else float("nan")

@@ -1,0 +1,29 @@
+"""FedAvg (McMahan et al. 2017): local SGD, sample-weighted averaging."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fldistill.methods import register
+from fldistill.methods.base import Method
+
+
+@register
+class FedAvg(Method):
+    """FedAvg. Subclasses change only :meth:`objective` (the client's local loss)."""
+
+    name = "fedavg"
+    description = "FedAvg: local SGD on sampled clients, sample-weighted model averaging"
+
+    def objective(self) -> tuple[str, dict[str, Any]]:
+        """Name and arguments of the clients' local objective."""
+        return "ce", {}
+
+    def round(self, t: int) -> dict[str, Any]:
+        clients = self.sample_clients(t)
+        name, args = self.objective()
+        req = self.model_payload().with_meta(round=t, objective=name, objective_args=args)
+        with_bar = self.ctx.progress(f"round {t}: local training", len(clients))
+        replies = self.comm.call("train", {c: req for c in clients}, phase="train", progress=with_bar)
+        self.set_global(self.average(replies))
+        return {"train_loss": self.mean_meta(replies, "loss"), "participants": len(clients)}

@@ -1,0 +1,458 @@
+"""Loading run folders and comparing runs (tables, CSV, overlay plots)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from fldistill.errors import DataError
+
+# Fraction of the reference accuracy used as the default target (HFLDD-style "80% of centralized").
+TARGET_FRACTION = 0.8
+
+# Tolerance when comparing accuracy to the target (0.8 * 0.9 is 0.7200000000000001 in floats).
+TARGET_TOL = 1e-9
+
+# Column order of compare.csv (and of the rows returned by compare_runs).
+CSV_COLUMNS = [
+    "label",
+    "method",
+    "dataset",
+    "partition",
+    "seed",
+    "status",
+    "final_accuracy",
+    "final_accuracy_mean5",
+    "best_accuracy",
+    "best_round",
+    "total_bits",
+    "total_MB",
+    "target",
+    "rounds_to_target",
+    "bits_to_target",
+    "wall_s",
+    "seconds_per_round",
+    "run_dir",
+]
+
+
+@dataclass
+class RunRecord:
+    """One run folder, loaded.
+
+    Attributes
+    ----------
+    run_dir : Path
+        The run folder.
+    config : dict
+        Contents of ``config.json`` (empty when the file is absent).
+    metrics : list of dict
+        Rows of ``metrics.jsonl`` sorted by round (last row wins for a repeated round).
+    summary : dict
+        Contents of ``summary.json``, completed from the metrics; computed with
+        ``status="incomplete"`` when the file is absent (interrupted run).
+    label : str
+        ``"<method> <partition>"``; :func:`compare_runs` disambiguates equal labels.
+    """
+
+    run_dir: Path
+    config: dict
+    metrics: list[dict]
+    summary: dict
+    label: str
+
+
+def format_bits(bits: int | float | None) -> str:
+    """Format a bit count as human-readable bytes (SI units).
+
+    Parameters
+    ----------
+    bits : int or None
+        Number of bits; ``None`` gives ``"-"``.
+
+    Returns
+    -------
+    str
+        E.g. ``"1.23 MB"`` for 9.84e6 bits (bytes = bits / 8, 1 MB = 1e6 bytes).
+    """
+    if bits is None or (isinstance(bits, float) and not math.isfinite(bits)):
+        return "-"
+    n_bytes = float(bits) / 8.0
+    if abs(n_bytes) < 1e3:
+        return f"{n_bytes:.0f} B"
+    for unit, scale in (("kB", 1e3), ("MB", 1e6), ("GB", 1e9)):
+        if abs(n_bytes) < scale * 1e3:
+            return f"{n_bytes / scale:.2f} {unit}"
+    return f"{n_bytes / 1e12:.2f} TB"
+
+
+def _read_json(path: Path) -> dict:
+    """Read a JSON object file, raising DataError with a one-line message."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot be read ({exc}); check the file permissions") from exc
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); "
+            "delete or fix the file (summary.json is recomputed from metrics.jsonl when absent)"
+        ) from exc
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object, found {type(data).__name__}; fix or delete the file")
+    return data
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    """Read metrics.jsonl: one JSON object per line, each with ``round`` and ``accuracy``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot be read ({exc}); check the file permissions") from exc
+    by_round: dict[int, dict] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{path} line {lineno}: not valid JSON ({exc.msg}); fix or delete that line"
+            ) from exc
+        if not isinstance(row, dict) or "round" not in row or "accuracy" not in row:
+            raise DataError(
+                f"{path} line {lineno}: expected an object with 'round' and 'accuracy'; "
+                "fix or delete that line"
+            )
+        try:
+            rnd = int(row["round"])
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{path} line {lineno}: 'round' must be an integer; fix that line") from exc
+        row["round"] = rnd
+        by_round[rnd] = row  # a resumed run may repeat a round: keep the latest
+    if not by_round:
+        raise DataError(f"{path}: no metrics recorded; the run stopped before round 0, re-run it")
+    return [by_round[r] for r in sorted(by_round)]
+
+
+def _total_bits(row: dict) -> int:
+    """Cumulative total bits of a metrics row (sum of hops when bits_total is absent)."""
+    if row.get("bits_total") is not None:
+        return int(row["bits_total"])
+    return int(sum((row.get("bits") or {}).values()))
+
+
+def _summary_from_metrics(config: dict, metrics: list[dict]) -> dict:
+    """Compute the summary fields of a run from its metrics (used for interrupted runs)."""
+    trained = [m for m in metrics if m["round"] >= 1] or metrics
+    accs = [float(m["accuracy"]) for m in metrics]
+    best_i = max(range(len(accs)), key=lambda i: (accs[i], -i))  # first round reaching the max
+    last = metrics[-1]
+    wall = float(last.get("wall_s", 0.0) or 0.0)
+    last_round = int(last["round"])
+    return {
+        "method": config.get("method", "?"),
+        "dataset": config.get("dataset", "?"),
+        "partition": config.get("partition", "?"),
+        "clients": config.get("clients"),
+        "rounds": config.get("rounds"),
+        "final_accuracy": float(last["accuracy"]),
+        "final_accuracy_mean5": sum(float(m["accuracy"]) for m in trained[-5:]) / len(trained[-5:]),
+        "best_accuracy": accs[best_i],
+        "best_round": int(metrics[best_i]["round"]),
+        "total_bits": _total_bits(last),
+        "bits": dict(last.get("bits") or {}),
+        "wall_s": wall,
+        "seconds_per_round": wall / last_round if last_round > 0 else None,
+        "seed": config.get("seed"),
+        "status": "incomplete",
+    }
+
+
+def load_run(run_dir: Path) -> RunRecord:
+    """Load a run folder written by the engine.
+
+    Parameters
+    ----------
+    run_dir : Path
+        Folder with ``metrics.jsonl`` and, optionally, ``config.json`` and ``summary.json``.
+
+    Returns
+    -------
+    RunRecord
+        The run; its summary is computed from the metrics (status ``"incomplete"``)
+        when ``summary.json`` is absent.
+
+    Raises
+    ------
+    DataError
+        Missing folder or ``metrics.jsonl``, a corrupt JSON line or file.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: run folder not found; pass the folder the run wrote (it holds metrics.jsonl)")
+    metrics_path = run_dir / "metrics.jsonl"
+    if not metrics_path.is_file():
+        raise DataError(f"{metrics_path}: not found; this is not a run folder, or the run never started")
+    metrics = _read_metrics(metrics_path)
+    config = _read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
+    computed = _summary_from_metrics(config, metrics)
+    if (run_dir / "summary.json").is_file():
+        summary = _read_json(run_dir / "summary.json")
+        for key, value in computed.items():  # fill fields an older/partial summary lacks
+            if summary.get(key) is None and key != "status":
+                summary[key] = value
+        summary.setdefault("status", "complete")
+    else:
+        summary = computed
+    label = f"{summary.get('method', '?')} {summary.get('partition', '?')}"
+    return RunRecord(run_dir=run_dir, config=config, metrics=metrics, summary=summary, label=label)
+
+
+def rounds_to_target(metrics: list[dict], target: float) -> int | None:
+    """First round whose accuracy reaches ``target``.
+
+    Parameters
+    ----------
+    metrics : list of dict
+        Metrics rows (any order).
+    target : float
+        Accuracy threshold (same scale as the metrics, usually [0, 1]); reached when
+        ``accuracy >= target - 1e-9`` (so float round-off in the target does not matter).
+
+    Returns
+    -------
+    int or None
+        The round, or ``None`` when the target is never reached.
+    """
+    for row in sorted(metrics, key=lambda m: int(m["round"])):
+        acc = row.get("accuracy")
+        if acc is not None and float(acc) >= target - TARGET_TOL:
+            return int(row["round"])
+    return None
+
+
+def bits_to_target(metrics: list[dict], target: float) -> int | None:
+    """Cumulative total bits communicated when the target accuracy is first reached.
+
+    Parameters
+    ----------
+    metrics : list of dict
+        Metrics rows (any order).
+    target : float
+        Accuracy threshold.
+
+    Returns
+    -------
+    int or None
+        ``bits_total`` at :func:`rounds_to_target`'s round, or ``None`` when never reached.
+    """
+    rnd = rounds_to_target(metrics, target)
+    if rnd is None:
+        return None
+    row = next(m for m in metrics if int(m["round"]) == rnd)
+    return _total_bits(row)
+
+
+def _disambiguate(records: list[RunRecord]) -> None:
+    """Make labels unique: append the seed, else the folder name, else an index."""
+    groups: dict[str, list[RunRecord]] = {}
+    for rec in records:
+        groups.setdefault(rec.label, []).append(rec)
+    for base, group in groups.items():
+        if len(group) == 1:
+            continue
+        for suffix in (
+            lambda r: f"seed={r.summary.get('seed')}",
+            lambda r: r.run_dir.name,
+        ):
+            cand = [f"{base} ({suffix(r)})" for r in group]
+            if len(set(cand)) == len(cand):
+                break
+        else:
+            cand = [f"{base} (#{i + 1})" for i in range(len(group))]
+        for rec, new in zip(group, cand):
+            rec.label = new
+
+
+def _default_target(records: list[RunRecord]) -> tuple[float, str]:
+    """Target accuracy and a sentence saying how it was chosen."""
+    central = [r for r in records if str(r.summary.get("method", "")).lower() == "centralized"]
+    if central:
+        ref = max(central, key=lambda r: float(r.summary["best_accuracy"]))
+        best = float(ref.summary["best_accuracy"])
+        how = f"{TARGET_FRACTION:g} x best accuracy of the centralized run '{ref.label}' ({best:.4f})"
+    else:
+        ref = max(records, key=lambda r: float(r.summary["best_accuracy"]))
+        best = float(ref.summary["best_accuracy"])
+        how = (
+            f"{TARGET_FRACTION:g} x the highest best accuracy among the runs, '{ref.label}' ({best:.4f}); "
+            "no centralized run was given"
+        )
+    return round(TARGET_FRACTION * best, 10), how  # round off float noise (0.7200000000000001)
+
+
+def _row(rec: RunRecord, target: float) -> dict[str, Any]:
+    """The comparison row of one run."""
+    s = rec.summary
+    total = int(s["total_bits"])
+    return {
+        "label": rec.label,
+        "method": s.get("method"),
+        "dataset": s.get("dataset"),
+        "partition": s.get("partition"),
+        "seed": s.get("seed"),
+        "status": s.get("status"),
+        "final_accuracy": float(s["final_accuracy"]),
+        "final_accuracy_mean5": float(s["final_accuracy_mean5"]),
+        "best_accuracy": float(s["best_accuracy"]),
+        "best_round": s.get("best_round"),
+        "total_bits": total,
+        "total_MB": total / 8e6,
+        "target": target,
+        "rounds_to_target": rounds_to_target(rec.metrics, target),
+        "bits_to_target": bits_to_target(rec.metrics, target),
+        "wall_s": float(s.get("wall_s") or 0.0),
+        "seconds_per_round": s.get("seconds_per_round"),
+        "run_dir": str(rec.run_dir),
+    }
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    """Format a table cell: floats to ``digits`` decimals, None as '-'."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def _display_cells(row: dict) -> list[str]:
+    """Human-readable cells of a row, in the order of :data:`_DISPLAY_HEADERS`."""
+    return [
+        row["label"],
+        _fmt(row["final_accuracy"]),
+        _fmt(row["final_accuracy_mean5"]),
+        _fmt(row["best_accuracy"]),
+        format_bits(row["total_bits"]),
+        _fmt(row["rounds_to_target"]),
+        format_bits(row["bits_to_target"]),
+        _fmt(row["wall_s"], 1),
+        _fmt(row["seconds_per_round"], 2),
+        _fmt(row.get("status")),
+    ]
+
+
+_DISPLAY_HEADERS = [
+    "run",
+    "final acc",
+    "final acc (mean 5)",
+    "best acc",
+    "total comm.",
+    "rounds to target",
+    "comm. to target",
+    "wall (s)",
+    "s / round",
+    "status",
+]
+
+
+def render_table(rows: list[dict], title: str = "") -> Table:
+    """Build a rich table of comparison rows, for printing with ``rich.console.Console``.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Rows as returned by :func:`compare_runs`.
+    title : str
+        Table title; defaults to a line naming the target accuracy when the rows carry one.
+
+    Returns
+    -------
+    rich.table.Table
+    """
+    if not title and rows and rows[0].get("target") is not None:
+        title = f"target accuracy {rows[0]['target']:.4f}"
+    table = Table(title=title or None)
+    for i, header in enumerate(_DISPLAY_HEADERS):
+        table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for row in rows:
+        table.add_row(*_display_cells(row))
+    return table
+
+
+def _write_markdown(rows: list[dict], path: Path, target_line: str) -> None:
+    """Write compare.md: a Markdown table and the target line."""
+    lines = [
+        "# Comparison of runs",
+        "",
+        target_line,
+        "",
+        "| " + " | ".join(_DISPLAY_HEADERS) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(_DISPLAY_HEADERS) - 1)) + "|",
+    ]
+    for row in rows:
+        cells = [c.replace("|", "\\|") for c in _display_cells(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    """Write compare.csv with raw numbers (empty cell for None)."""
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_COLUMNS})
+
+
+def compare_runs(run_dirs: list[Path], out_dir: Path, target: float | None = None) -> list[dict]:
+    """Compare runs: table, CSV and overlay plots.
+
+    Parameters
+    ----------
+    run_dirs : list of Path
+        Run folders (complete or interrupted).
+    out_dir : Path
+        Folder for ``compare.md``, ``compare.csv``, ``accuracy_vs_round.png`` and
+        ``accuracy_vs_bits.png`` (created if needed).
+    target : float, optional
+        Target accuracy. Default: 0.8 x the best accuracy of the centralized run if one
+        is given, else 0.8 x the highest best accuracy among the runs.
+
+    Returns
+    -------
+    list of dict
+        One row per run (keys of :data:`CSV_COLUMNS`; ``target`` records the target used).
+
+    Raises
+    ------
+    DataError
+        No run folders, or one of them cannot be loaded.
+    """
+    from fldistill.report.plots import plot_overlay  # matplotlib only when needed
+
+    if not run_dirs:
+        raise DataError("no run folders given; pass one or more folders written by 'fldistill run'")
+    records = [load_run(Path(d)) for d in run_dirs]
+    _disambiguate(records)
+    if target is None:
+        target, how = _default_target(records)
+    else:
+        target = float(target)
+        how = "given explicitly"
+    target_line = f"Target accuracy: **{target:.4f}** ({how})."
+    rows = [_row(rec, target) for rec in records]
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_markdown(rows, out_dir / "compare.md", target_line)
+    _write_csv(rows, out_dir / "compare.csv")
+    plot_overlay(records, out_dir, target=target)
+    return rows

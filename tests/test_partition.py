@@ -1,0 +1,90 @@
+"""Partition schemes meet their stated properties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fldistill.data.federation import build_federation
+from fldistill.data.partition import label_counts, parse_partition, partition_indices
+from fldistill.errors import ConfigError
+
+
+def _labels(n_per_class: int = 160, n_classes: int = 10) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.permutation(np.repeat(np.arange(n_classes), n_per_class))
+
+
+def _check_disjoint_cover(parts: list[np.ndarray], n: int) -> None:
+    allix = np.concatenate(parts)
+    assert len(allix) == len(np.unique(allix)), "a sample was given to two clients"
+    assert allix.min() >= 0 and allix.max() < n
+
+
+def test_classes_1_each_class_on_exactly_ten_clients() -> None:
+    y = _labels()
+    parts = partition_indices(y, parse_partition("classes:1", 10), 100, seed=3)
+    counts = label_counts(y, parts, 10)
+    assert ((counts > 0).sum(1) == 1).all(), "each client must hold exactly one class"
+    assert ((counts > 0).sum(0) == 10).all(), "each class must land on exactly 10 clients"
+    _check_disjoint_cover(parts, len(y))
+    assert sum(len(p) for p in parts) == len(y)
+
+
+@pytest.mark.parametrize("c", [2, 3, 10])
+def test_classes_c_gives_c_classes_per_client(c: int) -> None:
+    y = _labels()
+    parts = partition_indices(y, parse_partition(f"classes:{c}", 10), 50, seed=1)
+    counts = label_counts(y, parts, 10)
+    assert ((counts > 0).sum(1) == c).all()
+    _check_disjoint_cover(parts, len(y))
+
+
+def test_iid_sizes_balanced_and_labels_mixed() -> None:
+    y = _labels()
+    parts = partition_indices(y, parse_partition("iid"), 20, seed=0)
+    sizes = np.array([len(p) for p in parts])
+    assert sizes.max() - sizes.min() <= 1
+    assert ((label_counts(y, parts, 10) > 0).sum(1) >= 8).all()
+
+
+def test_dirichlet_small_alpha_is_skewed_and_nonempty() -> None:
+    y = _labels(400)
+    parts = partition_indices(y, parse_partition("dirichlet:0.1"), 50, seed=0)
+    counts = label_counts(y, parts, 10)
+    assert (counts.sum(1) >= 2).all()
+    # strong skew: on average a client's top class holds most of its data
+    assert (counts.max(1) / counts.sum(1)).mean() > 0.5
+    _check_disjoint_cover(parts, len(y))
+
+
+def test_quantity_skew_sizes_grow() -> None:
+    y = _labels()
+    parts = partition_indices(y, parse_partition("quantity:linear"), 10, seed=0)
+    sizes = [len(p) for p in parts]
+    assert sizes == sorted(sizes) and sizes[-1] > 5 * sizes[0]
+
+
+def test_partition_is_seeded() -> None:
+    y = _labels()
+    a = partition_indices(y, parse_partition("dirichlet:0.5"), 20, seed=7)
+    b = partition_indices(y, parse_partition("dirichlet:0.5"), 20, seed=7)
+    c = partition_indices(y, parse_partition("dirichlet:0.5"), 20, seed=8)
+    assert all((u == v).all() for u, v in zip(a, b))
+    assert not all(len(u) == len(v) and (u == v).all() for u, v in zip(a, c))
+
+
+@pytest.mark.parametrize("bad", ["classes:11", "classes:0", "classes:x", "dirichlet:-1", "dirichlet:a", "shards", "quantity:cubic"])
+def test_bad_partition_strings(bad: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_partition(bad, 10)
+
+
+def test_federation_local_split_and_global_test() -> None:
+    fed = build_federation("digits", "classes:2", 10, seed=0)
+    for tr, te in zip(fed.client_train, fed.client_test):
+        assert len(np.intersect1d(tr, te)) == 0
+        n = len(tr) + len(te)
+        assert len(te) == int(np.floor(0.2 * n))
+    assert len(fed.y_test) == 360
+    assert fed.label_counts().shape == (10, 10)
