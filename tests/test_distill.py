@@ -189,7 +189,8 @@ def test_small_members_no_crash(method, classes, per_class):
     params = {"kip": {"iterations": 20, "target_batch": 7}, "dm": {"iterations": 3}}.get(method, {})
     out = distill(method, x, y, 10, 10, params, _gen(1))
     n = len(y)
-    assert out.x.shape == (min(n, 10), 1, 8, 8) if method != "none" else out.x.shape == x.shape
+    expected = x.shape if method == "none" else (min(n, 10), 1, 8, 8)
+    assert out.x.shape == expected
     assert out.y.dtype == torch.int64 and len(out.y) == out.x.shape[0]
     assert set(out.y.tolist()) <= set(classes)
     assert torch.isfinite(out.x).all()
@@ -246,6 +247,8 @@ def test_kip_config_presets():
     x, y = _member([0, 1], 6, shape=(5,))
     out = distill("kip", x, y, 10, 4, {"preset": "fast", "iterations": 2}, _gen(0))
     assert out.iterations == 2
+    stopped = distill("kip", x, y, 10, 4, {"iterations": 50, "early_stop_acc": 0.0}, _gen(0))
+    assert stopped.iterations == 1 and stopped.info["early_stopped"] == 1.0
 
 
 @pytest.mark.parametrize("kernel", ["nngp", "rbf"])

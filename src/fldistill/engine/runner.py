@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fldistill.config import RunConfig
@@ -162,7 +162,7 @@ class Runner:
         self.fed, self.model = fed, model
         self.ledger = Ledger(cfg.ledger.b1, cfg.ledger.b2, cfg.ledger.label_bits)
         self.comm = InProcessComm(self.ledger, fed, model, cfg.local, cfg.seed)
-        ctx = RunContext(cfg, fed, self.comm, model, get_state(model), self.progress)
+        ctx = RunContext(cfg, fed, self.comm, model, get_state(model), self.progress, self.out)
         return cls(ctx, params)
 
     # -- checkpoint --------------------------------------------------------------------
@@ -190,7 +190,7 @@ class Runner:
             with safe_open(str(path), "pt") as f:
                 meta = json.loads(f.metadata()["fldistill"])
             tensors = load_file(str(path), device=str(self.fed.x.device))
-        except (SafetensorsError, OSError, KeyError, json.JSONDecodeError) as err:
+        except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as err:
             raise DataError(f"checkpoint {path} is corrupt ({err}); delete the run folder and start again") from None
         method.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("m/")}, meta["method"])
         self.comm.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("c/")}, meta["comm"])

@@ -34,4 +34,4 @@ def all_methods() -> dict[str, type["Method"]]:
 
 def _load_builtin() -> None:
     # Imported lazily so that `import fldistill.methods` stays cheap and cycle-free.
-    from fldistill.methods import centralized, fedavg, fedprox  # noqa: F401
+    from fldistill.methods import centralized, fedavg, fedprox, hfldd  # noqa: F401

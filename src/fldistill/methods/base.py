@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -42,6 +43,7 @@ class RunContext:
     model: torch.nn.Module  # the reusable worker module (architecture of every client)
     init_state: ModelState  # the seeded initial model
     progress: ProgressFactory  # progress("label", total) -> advance(n)
+    out_dir: Path | None = None  # the run folder, for method artefacts (clustering, plots)
 
 
 class Method:
