@@ -25,7 +25,8 @@ class LocalConfig(_Strict):
     """Local training done by a client (or a cluster head) per round.
 
     ``amount`` is E: local epochs when ``unit == "epochs"``, optimiser steps when
-    ``unit == "steps"``.
+    ``unit == "steps"``. Fields left unset take the method's tuned defaults
+    (``Method.local_defaults``); the resolved values are saved with the run.
     """
 
     unit: Literal["epochs", "steps"] = "epochs"
@@ -146,7 +147,7 @@ def _coerce(text: str) -> Any:
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
-    if low in ("none", "null"):
+    if low == "null":  # "none" stays a string: it is a valid choice (e.g. distiller=none)
         return None
     for conv in (int, float):
         try:

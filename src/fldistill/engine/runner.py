@@ -50,12 +50,23 @@ def method_params(cfg: RunConfig) -> BaseModel:
         if e["type"] == "extra_forbidden":
             valid = ", ".join(cls.Params.model_fields) or "none"
             raise ConfigError(f"method '{cfg.method}' has no parameter '{key}' (valid: {valid})") from None
-        raise ConfigError(f"invalid params.{key} for method '{cfg.method}': {e['msg']}") from None
+        raise ConfigError(f"invalid params.{key} for method '{cfg.method}': {e['msg']} (got {e.get('input')!r})") from None
 
 
 def resolve_model_name(cfg: RunConfig) -> str:
     """The model architecture: ``cfg.model`` or the dataset's default."""
     return default_model_for(cfg.dataset) if cfg.model == "auto" else cfg.model
+
+
+def resolve_defaults(cfg: RunConfig) -> RunConfig:
+    """Fill the ``local`` fields the user left unset with the method's tuned defaults."""
+    defaults = get_method(cfg.method).local_defaults
+    unset = {k: v for k, v in defaults.items() if k not in cfg.local.model_fields_set}
+    if not unset:
+        return cfg
+    local = cfg.local.model_copy(update=unset)
+    local = type(cfg.local).model_validate(local.model_dump())  # all fields now explicit
+    return cfg.model_copy(update={"local": local})
 
 
 def validate(cfg: RunConfig) -> None:
@@ -106,8 +117,8 @@ class Runner:
             cfg = parse_config(json.loads(saved.read_text()))
         elif (self.out / "metrics.jsonl").exists():
             raise ConfigError(f"run folder {self.out} already holds a run; pass --resume to continue it or choose another --out")
-        self.cfg = cfg
         validate(cfg)
+        self.cfg = cfg = resolve_defaults(cfg)
         self._progress: Progress | None = None
 
     # -- progress bars -----------------------------------------------------------------

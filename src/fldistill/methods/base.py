@@ -59,6 +59,9 @@ class Method:
     description: ClassVar[str] = ""
     Params: ClassVar[type[BaseModel]] = NoParams
     needs_public: ClassVar[bool] = False
+    # Tuned local-training defaults of this method; they fill only the ``local`` fields
+    # the user did not set, and the resolved values are saved in config.json.
+    local_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, ctx: RunContext, params: BaseModel) -> None:
         self.ctx, self.cfg, self.fed, self.comm, self.params = ctx, ctx.cfg, ctx.fed, ctx.comm, params

@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fldistill.cluster import (
     choose_heads,
@@ -65,11 +65,23 @@ class HFLDDParams(BaseModel):
     pretrain_epochs: int = Field(10, ge=1, description="E1 (paper: 10)")
     pretrain_unit: Literal["epochs", "steps"] = "epochs"
     pretrain_lr: float = Field(0.01, gt=0)
-    pretrain_momentum: float = Field(0.0, ge=0, lt=1)
+    # The paper says plain SGD; on mnist1d's small clients (2 steps/epoch) that leaves the
+    # soft labels near uniform and K-Means purity at 0.7. Momentum 0.9 gives purity 1.0.
+    pretrain_momentum: float = Field(0.9, ge=0, lt=1)
     pretrain_batch: int = Field(64, ge=1)
     distiller: Literal["kip", "dm", "random", "none"] = "kip"
     distill_size: int = Field(400, ge=1, description="|D~_i|, capped at the member's sample count")
     distill_params: dict[str, Any] = Field(default_factory=dict, description="KIPConfig/DMConfig fields, or preset='fast'")
+
+    @model_validator(mode="after")
+    def _kip_early_stop(self) -> "HFLDDParams":
+        # FedD3's KIP (which HFLDD's hyper-parameters match) stops once the kernel
+        # regression classifies the target batch perfectly (threshold 0.999). When
+        # |D~_i| >= n_i, the paper's own 400-of-400 setting, the support already holds
+        # every target and KIP stops at once: distillation then sends the real data.
+        if self.distiller == "kip" and "early_stop_acc" not in self.distill_params and "preset" not in self.distill_params:
+            self.distill_params = {**self.distill_params, "early_stop_acc": 0.999}
+        return self
 
 
 @task("soft_labels")
@@ -101,6 +113,8 @@ class HFLDD(Method):
     description = "HFLDD: KL soft-label clustering, heterogeneous clusters, KIP-distilled data to heads, FedAvg among heads"
     Params = HFLDDParams
     needs_public = True
+    # Heads hold ~10 clients' data (40+ steps per epoch): they need centralized-like lr.
+    local_defaults = {"amount": 2, "lr": 0.05, "batch_size": 32}
 
     def __init__(self, ctx, params) -> None:  # type: ignore[no-untyped-def]
         super().__init__(ctx, params)
