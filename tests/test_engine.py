@@ -143,3 +143,31 @@ def test_local_steps_mode_counts_steps(make_cfg) -> None:
     assert all(len(b) == 4 for b in batches)
     le = LocalConfig(unit="epochs", amount=2, batch_size=4)
     assert len(list(batch_schedule(10, le, g))) == num_local_steps(10, le) == 6
+
+
+def test_kill_minus_9_leaves_a_resumable_run(tmp_path: Path, make_cfg) -> None:
+    """A real SIGKILL mid-run, then --resume: same metrics as an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--dataset", "digits", "--partition", "classes:2", "--clients", "10", "--rounds", "12", "--seed", "4",
+            "--set", "local.amount=2", "--quiet"]
+    full = tmp_path / "full"
+    subprocess.run([sys.executable, "-m", "fldistill.cli", "run", *args, "--out", str(full)], check=True, capture_output=True)
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "fldistill.cli", "run", *args, "--out", str(cut)])
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        m = cut / "metrics.jsonl"
+        if m.exists() and len(m.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len((cut / "metrics.jsonl").read_text().splitlines())
+    assert done < 13, "the run finished before it could be killed"
+    subprocess.run([sys.executable, "-m", "fldistill.cli", "run", "--out", str(cut), "--resume", "--quiet"], check=True, capture_output=True)
+    assert _metrics(cut) == _metrics(full)

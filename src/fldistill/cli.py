@@ -17,8 +17,8 @@ console = Console()
 err_console = Console(stderr=True)
 
 # The main job of the README quickstart: the paper's hardest setting on an embedded set.
-DEMO_METHODS = ("centralized", "fedavg", "fedprox")
-DEMO_BASE: dict[str, Any] = {"dataset": "mnist1d", "partition": "classes:1", "clients": 100, "rounds": 60, "seed": 0}
+DEMO_METHODS = ("centralized", "fedavg", "fedprox", "hfldd")
+DEMO_BASE: dict[str, Any] = {"dataset": "mnist1d", "partition": "classes:1", "clients": 100, "rounds": 50, "seed": 0}
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
@@ -113,7 +113,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cfg = parse_config(apply_overrides(base, args.set or []))
         d = out / m.strip()
         console.rule(f"{m}: {cfg.dataset} {cfg.partition}, {cfg.clients} clients, {cfg.rounds} rounds")
-        resume = (d / "summary.json").exists() is False and (d / "metrics.jsonl").exists()
+        resume = not (d / "summary.json").exists() and (d / "metrics.jsonl").exists()
         if (d / "summary.json").exists():
             console.print(f"{d} already complete, reusing it")
         else:

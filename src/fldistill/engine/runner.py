@@ -82,6 +82,17 @@ def validate(cfg: RunConfig) -> None:
         raise DataError(f"dataset '{cfg.dataset}' is read from disk: pass --data-dir ({info.description})")
 
 
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    """Metrics records; a line cut short by a kill is dropped (the checkpoint predates it)."""
+    out = []
+    for ln in path.read_text().splitlines() if path.exists() else []:
+        try:
+            out.append(json.loads(ln))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -246,9 +257,8 @@ class Runner:
             if self.resume:
                 meta = self.load_checkpoint(method)
                 start, wall0, setup_extra = int(meta["round"]) + 1, float(meta["wall_s"]), meta["extra"]
-                keep = [ln for ln in metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln)["round"] < start]
-                _atomic_write_text(metrics_path, "".join(k + "\n" for k in keep))
-                records = [json.loads(k) for k in keep]
+                records = [r for r in _read_records(metrics_path) if r["round"] < start]
+                _atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
             else:
                 _atomic_write_text(self.out / "config.json", cfg.to_json() + "\n")
                 setup_extra = method.setup()

@@ -1,0 +1,85 @@
+"""Run a grid of fldistill experiments in parallel worker processes, then compare them.
+
+Each run goes to ``OUT/<partition>/<label>``; finished runs (with ``summary.json``) are
+skipped and interrupted ones resumed, so the suite can be re-run safely. Workers use one
+thread each so that two of them share a 2-core machine fairly.
+
+Usage::
+
+    python benchmarks/suite.py --suite foundation --out benchmarks/results/foundation
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+# label -> (method, extra --set overrides)
+SUITES: dict[str, dict[str, list[tuple[str, str, list[str]]]]] = {
+    # issue 2 and 3: the foundation's baselines and HFLDD on mnist1d, N=100, T=100
+    "foundation": {
+        "classes:1": [
+            ("centralized", "centralized", []),
+            ("fedavg", "fedavg", []),
+            ("fedprox", "fedprox", []),
+            ("hfldd", "hfldd", []),
+            ("hfldd-none", "hfldd", ["params.distiller=none"]),
+        ],
+        "classes:2": [("fedavg", "fedavg", []), ("hfldd", "hfldd", [])],
+        "classes:10": [("fedavg", "fedavg", []), ("hfldd", "hfldd", [])],
+    },
+}
+
+
+def run_one(out: Path, partition: str, label: str, method: str, sets: list[str], rounds: int, clients: int, dataset: str) -> str:
+    d = out / partition.replace(":", "") / label
+    if (d / "summary.json").exists():
+        return f"{label} {partition}: done already"
+    cmd = [sys.executable, "-m", "fldistill.cli", "run", "--method", method, "--dataset", dataset, "--partition", partition,
+           "--clients", str(clients), "--rounds", str(rounds), "--out", str(d), "--quiet"]
+    for s in sets:
+        cmd += ["--set", s]
+    if (d / "metrics.jsonl").exists():
+        cmd.append("--resume")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    t = time.time()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    return f"{label} {partition}: rc={r.returncode} {time.time() - t:.0f}s {r.stdout.strip()[-300:]} {r.stderr.strip()[-300:]}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--suite", default="foundation", choices=sorted(SUITES))
+    ap.add_argument("--out", default="benchmarks/results/foundation")
+    ap.add_argument("--rounds", type=int, default=100)
+    ap.add_argument("--clients", type=int, default=100)
+    ap.add_argument("--dataset", default="mnist1d")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--only", help="comma-separated partitions to run")
+    a = ap.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(p, *spec) for p, specs in SUITES[a.suite].items() for spec in specs if not a.only or p in a.only.split(",")]
+    with ThreadPoolExecutor(a.workers) as ex:
+        for msg in ex.map(lambda j: run_one(out, j[0], j[1], j[2], j[3], a.rounds, a.clients, a.dataset), jobs):
+            print(msg, flush=True)
+    import torch
+
+    env = {"command": " ".join([sys.executable, *sys.argv]), "machine": platform.platform(), "cpus": os.cpu_count(),
+           "python": platform.python_version(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    (out / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
+    for p in SUITES[a.suite]:
+        dirs = [str(out / p.replace(":", "") / lab) for lab, _, _ in SUITES[a.suite][p] if (out / p.replace(":", "") / lab / "summary.json").exists()]
+        if dirs:
+            subprocess.run([sys.executable, "-m", "fldistill.cli", "compare", *dirs, "--out", str(out / p.replace(":", "") / "compare")])
+
+
+if __name__ == "__main__":
+    main()
