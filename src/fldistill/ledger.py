@@ -31,6 +31,10 @@ class Kind(str, Enum):
     DATA = "data"  # raw or distilled input values: B2 bits per value
     LABEL = "label"  # hard class labels: label_bits per value
     SEED = "seed"  # sent as a random seed (initial model): free
+    # A client's own persistent state (SCAFFOLD's c_i, MOON's previous model). The
+    # simulation keeps it on the server side so memory stays flat in the number of
+    # clients; a real client holds it, so handing it over is not a transfer: free.
+    STATE = "state"
 
 
 @dataclass
@@ -90,6 +94,7 @@ class Ledger:
             Kind.DATA: self.b2,
             Kind.LABEL: self.label_bits,
             Kind.SEED: 0,
+            Kind.STATE: 0,
         }
         return sum(int(t.numel()) * per[payload.kinds[n]] for n, t in payload.tensors.items())
 

@@ -185,18 +185,27 @@ def train_task(ctx: ClientContext, req: Payload) -> Payload:
     Request metadata: ``round`` (for the random stream), ``objective`` and
     ``objective_args`` (default plain cross-entropy), ``local`` (overrides of the
     local-training config), ``use_inbox`` (also train on data received from other
-    clients: tensors ``x`` and ``y`` of inbox payloads).
+    clients: tensors ``x`` and ``y`` of inbox payloads), ``init_from_inbox`` (start from
+    the model in the newest inbox message instead of the request's, consuming it).
+    Other request tensors are handed to the objective (teacher models, control variates).
 
     Reply: the trained model (prefix ``model``), metadata ``n``, ``loss``, ``steps``.
     """
-    state = req.get_state("model")
+    if req.meta.get("init_from_inbox"):
+        # A device-to-device chain (FedSeq): start from the model the previous client sent.
+        if not ctx.inbox:
+            raise RuntimeError(f"client {ctx.cid}: init_from_inbox but the inbox is empty")
+        _, msg = ctx.inbox.pop()
+        state = msg.get_state("model")
+    else:
+        state = req.get_state("model")
     x, y = ctx.data("train")
     if req.meta.get("use_inbox") and ctx.inbox:
         xs = [x] + [p.tensors["x"].to(x) for _, p in ctx.inbox]
         ys = [y] + [p.tensors["y"].to(y) for _, p in ctx.inbox]
         x, y = torch.cat(xs), torch.cat(ys)
     local = local_config_from(req.meta, ctx.local)
-    obj = make_objective(req.meta.get("objective", "ce"), req.meta.get("objective_args", {}), state, ctx.model)
+    obj = make_objective(req.meta.get("objective", "ce"), req.meta.get("objective_args", {}), state, ctx.model, req.tensors)
     new, stats = local_train(
         ctx.model, state, x, y, local, obj, ctx.gen("train", int(req.meta.get("round", 0))), where=f"client {ctx.cid}"
     )

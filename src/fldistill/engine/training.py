@@ -94,12 +94,17 @@ class Objective:
     vectorisable: bool = True
 
 
-ObjectiveFactory = Callable[[dict[str, Any], ModelState, torch.nn.Module], Objective]
+# (args from the request metadata, the state the client starts from, the worker module,
+#  the request's tensors, e.g. a teacher model or control variates) -> Objective
+ObjectiveFactory = Callable[[dict[str, Any], ModelState, torch.nn.Module, dict[str, torch.Tensor]], Objective]
 OBJECTIVES: dict[str, ObjectiveFactory] = {}
 
 
 def objective(name: str) -> Callable[[ObjectiveFactory], ObjectiveFactory]:
-    """Register a local objective factory ``(args, reference_state, model) -> Objective``."""
+    """Register a local objective factory ``(args, start_state, model, tensors) -> Objective``.
+
+    Objectives may be defined in a method's own module; they register on import.
+    """
 
     def deco(fn: ObjectiveFactory) -> ObjectiveFactory:
         OBJECTIVES[name] = fn
@@ -108,20 +113,22 @@ def objective(name: str) -> Callable[[ObjectiveFactory], ObjectiveFactory]:
     return deco
 
 
-def make_objective(name: str, args: dict[str, Any], ref: ModelState, model: torch.nn.Module) -> Objective:
+def make_objective(
+    name: str, args: dict[str, Any], ref: ModelState, model: torch.nn.Module, tensors: dict[str, torch.Tensor] | None = None
+) -> Objective:
     """Build a registered objective; ``ref`` is the model state the client started from."""
     if name not in OBJECTIVES:
         raise KeyError(f"unknown local objective {name!r}; registered: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[name](args, ref, model)
+    return OBJECTIVES[name](args, ref, model, tensors or {})
 
 
 @objective("ce")
-def _ce(args: dict[str, Any], ref: ModelState, model: torch.nn.Module) -> Objective:
+def _ce(args: dict[str, Any], ref: ModelState, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> Objective:
     return Objective("ce", lambda net, x, y: F.cross_entropy(net.logits(x), y))
 
 
 @objective("fedprox")
-def _fedprox(args: dict[str, Any], ref: ModelState, model: torch.nn.Module) -> Objective:
+def _fedprox(args: dict[str, Any], ref: ModelState, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> Objective:
     mu = float(args.get("mu", 0.01))
     anchor = {k: ref[k].detach() for k, _ in model.named_parameters()}
 
