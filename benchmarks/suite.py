@@ -6,7 +6,8 @@ thread each so that two of them share a 2-core machine fairly.
 
 Usage::
 
-    python benchmarks/suite.py --suite foundation --out benchmarks/results/foundation
+    python benchmarks/suite.py --suite foundation --out benchmarks/results/mnist1d
+    python benchmarks/suite.py --suite paper --out benchmarks/results/mnist1d
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # label -> (method, extra --set overrides)
+_ALL = ["centralized", "fedavg", "fedprox", "fedseq", "dynafed", "scaffold", "moon", "hfldd"]
 SUITES: dict[str, dict[str, list[tuple[str, str, list[str]]]]] = {
-    # issue 2 and 3: the foundation's baselines and HFLDD on mnist1d, N=100, T=100
+    # issues 2 and 3: the foundation's baselines and HFLDD on mnist1d, N=100, T=100
     "foundation": {
         "classes:1": [
             ("centralized", "centralized", []),
@@ -34,6 +36,11 @@ SUITES: dict[str, dict[str, list[tuple[str, str, list[str]]]]] = {
         ],
         "classes:2": [("fedavg", "fedavg", []), ("hfldd", "hfldd", [])],
         "classes:10": [("fedavg", "fedavg", []), ("hfldd", "hfldd", [])],
+    },
+    # issue 4: the HFLDD paper's comparison (Fig. 3, Tables II-IV) with SCAFFOLD and MOON
+    "paper": {
+        p: [(m, m, []) for m in _ALL] + ([("hfldd-none", "hfldd", ["params.distiller=none"])] if p == "classes:1" else [])
+        for p in ("classes:1", "classes:2", "classes:10")
     },
 }
 
@@ -57,7 +64,7 @@ def run_one(out: Path, partition: str, label: str, method: str, sets: list[str],
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--suite", default="foundation", choices=sorted(SUITES))
-    ap.add_argument("--out", default="benchmarks/results/foundation")
+    ap.add_argument("--out", default="benchmarks/results/mnist1d")
     ap.add_argument("--rounds", type=int, default=100)
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--dataset", default="mnist1d")

@@ -175,7 +175,7 @@ class Runner:
             data_dir=cfg.data_dir,
             dataset_size=cfg.dataset_size,
             local_test_fraction=cfg.local_test_fraction,
-            public_source=cfg.public.source if cls.needs_public else None,
+            public_source=cfg.public.source if cls.uses_public(params) else None,
             public_size=cfg.public.size,
             device=device,
         )

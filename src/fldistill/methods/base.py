@@ -68,6 +68,11 @@ class Method:
         self.global_state: ModelState = {k: v.clone() for k, v in ctx.init_state.items()}
         self.version = 0  # 0 = the seeded initial model, which travels for free
 
+    @classmethod
+    def uses_public(cls, params: BaseModel) -> bool:
+        """Whether this configuration needs the public auxiliary set."""
+        return cls.needs_public
+
     # -- hooks -----------------------------------------------------------------------
     def setup(self) -> dict[str, Any]:
         """One-off phases before round 1; returns extra metrics for round 0."""

@@ -32,6 +32,7 @@ Deviations and readings, all configurable:
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -57,8 +58,8 @@ from fldistill.methods.base import Method
 from fldistill.seeding import np_rng, torch_gen
 
 
-class HFLDDParams(BaseModel):
-    """HFLDD's own parameters (paper defaults unless noted)."""
+class ClusteringParams(BaseModel):
+    """HFLDD's label-knowledge clustering (shared with FedSeq, which reuses its clusters)."""
 
     model_config = ConfigDict(extra="forbid")
     k: int = Field(10, ge=1, description="K of K-Means (homogeneous clusters)")
@@ -69,6 +70,11 @@ class HFLDDParams(BaseModel):
     # soft labels near uniform and K-Means purity at 0.7. Momentum 0.9 gives purity 1.0.
     pretrain_momentum: float = Field(0.9, ge=0, lt=1)
     pretrain_batch: int = Field(64, ge=1)
+
+
+class HFLDDParams(ClusteringParams):
+    """HFLDD's own parameters (paper defaults unless noted)."""
+
     distiller: Literal["kip", "dm", "random", "none"] = "kip"
     distill_size: int = Field(400, ge=1, description="|D~_i|, capped at the member's sample count")
     distill_params: dict[str, Any] = Field(default_factory=dict, description="KIPConfig/DMConfig fields, or preset='fast'")
@@ -107,6 +113,46 @@ def distill_task(ctx: ClientContext, req: Payload) -> Payload:
     return reply.put("x", res.x.to(x.device), Kind.DATA).put("y", res.y.to(y.device), Kind.LABEL)
 
 
+@dataclass
+class Clustering:
+    """The outcome of HFLDD's label-knowledge clustering."""
+
+    homog: np.ndarray
+    clusters: list[list[int]]
+    heads: list[int]
+    k: int
+    purity: float
+    coverage: list[dict]
+    M: torch.Tensor
+    times: dict[str, float]
+
+
+def heterogeneous_clusters(method: Method, p: ClusteringParams) -> Clustering:
+    """Label knowledge collection + heterogeneous client clustering (Algorithm 2, l. 2-21).
+
+    Every client pre-trains from the seeded initial model and uploads soft labels on the
+    public set (phase ``soft_labels``); the server clusters them.
+    """
+    fed, n, times = method.fed, method.fed.n_clients, {}
+    t0 = time.perf_counter()
+    pre = {"unit": p.pretrain_unit, "amount": p.pretrain_epochs, "lr": p.pretrain_lr, "momentum": p.pretrain_momentum, "batch_size": p.pretrain_batch}
+    req = method.model_payload().with_meta(local=pre)
+    replies = method.comm.call("soft_labels", {c: req for c in range(n)}, phase="soft_labels", progress=method.ctx.progress("soft labels", n))
+    soft = torch.stack([replies[c].tensors["soft"] for c in range(n)])
+    times["soft_labels_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    M = kl_matrix(soft)
+    k = min(p.k, n)
+    homog = kmeans_rows(M.cpu().numpy(), k, method.cfg.seed)
+    rng = np_rng(method.cfg.seed, "hfldd-clusters")
+    clusters = cluster_sampling(homog, rng)
+    heads = choose_heads(clusters, rng)
+    times["clustering_s"] = time.perf_counter() - t0
+    counts = fed.label_counts()
+    pur = purity(homog, [frozenset(np.flatnonzero(row).tolist()) for row in counts])
+    return Clustering(homog, clusters, heads, k, pur, label_coverage(clusters, heads, counts), M, times)
+
+
 @register
 class HFLDD(Method):
     name = "hfldd"
@@ -124,29 +170,9 @@ class HFLDD(Method):
     def setup(self) -> dict[str, Any]:
         p: HFLDDParams = self.params
         fed, n = self.fed, self.fed.n_clients
-        times: dict[str, float] = {}
-
-        # 1. label knowledge collection
-        t0 = time.perf_counter()
-        pre = {"unit": p.pretrain_unit, "amount": p.pretrain_epochs, "lr": p.pretrain_lr, "momentum": p.pretrain_momentum, "batch_size": p.pretrain_batch}
-        req = self.model_payload().with_meta(local=pre)
-        replies = self.comm.call("soft_labels", {c: req for c in range(n)}, phase="soft_labels", progress=self.ctx.progress("soft labels", n))
-        soft = torch.stack([replies[c].tensors["soft"] for c in range(n)])
-        times["soft_labels_s"] = time.perf_counter() - t0
-
-        # 2. heterogeneous client clustering (server side)
-        t0 = time.perf_counter()
-        M = kl_matrix(soft)
-        k = min(p.k, n)
-        homog = kmeans_rows(M.cpu().numpy(), k, self.cfg.seed)
-        rng = np_rng(self.cfg.seed, "hfldd-clusters")
-        self.clusters = cluster_sampling(homog, rng)
-        self.heads = choose_heads(self.clusters, rng)
-        times["clustering_s"] = time.perf_counter() - t0
-        counts = fed.label_counts()
-        true_sets = [frozenset(np.flatnonzero(row).tolist()) for row in counts]
-        pur = purity(homog, true_sets)
-        coverage = label_coverage(self.clusters, self.heads, counts)
+        cl = heterogeneous_clusters(self, p)
+        self.clusters, self.heads, times = cl.clusters, cl.heads, dict(cl.times)
+        homog, k, pur, coverage, M = cl.homog, cl.k, cl.purity, cl.coverage, cl.M
 
         # 3. IID dataset generation: members -> heads (device to device)
         t0 = time.perf_counter()

@@ -1,0 +1,147 @@
+"""SCAFFOLD (Karimireddy et al. 2020): FedAvg with control variates, option II.
+
+The server keeps the global control variate ``c`` and, on behalf of every client, that
+client's own control variate ``c_i`` (a real client holds it; here it is sent back as
+:attr:`~fldistill.ledger.Kind.STATE`, which is free). Memory: N x |params| float32,
+allocated when a client first takes part (mnist1d_cnn: 5,210 parameters, so 1,000
+clients hold 20.8 MB).
+
+Per round, each sampled client receives the model x (PARAM; the seeded first model is
+free), ``c`` (FLOAT, priced every round) and its ``c_i`` (STATE, free); it trains on
+``CE + sum_k <c - c_i, w_k>`` (objective ``"scaffold"``, whose gradient adds the
+correction ``c - c_i`` to every step's gradient), then computes option II client-side,
+
+    c_i+ = c_i - c + (x - y_i) / (K_eff * lr),
+
+and uploads y_i (PARAM) and Delta c_i = c_i+ - c_i (FLOAT). The server sets
+x <- sample-weighted mean of y_i (global lr 1, as FedAvg) and
+c <- c + |S|/N * mean_i Delta c_i.
+
+Momentum and weight decay: the correction lives in the loss, so it goes through the
+optimiser like the gradient. Weight decay is simply part of the corrected gradient. With
+momentum beta, K steps move the model by about ``lr * K_eff * d`` for a constant
+direction d, with ``K_eff = sum_{k=1..K} (1 - beta^k) / (1 - beta)`` (not K); the
+paper's plain-SGD formula (``K_eff = K``) then overestimates the mean gradient by up
+to 1/(1-beta), and since c_i+ also carries ``(c - c_i) * (K_eff/K - 1)`` the client
+variates oscillate and grow when ``K_eff/K > 2``. ``params.steps = "momentum"``
+(default) uses K_eff, which equals K when momentum is 0; ``"plain"`` forces K.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from fldistill.engine.comm import ClientContext, local_config_from, task, train_task
+from fldistill.engine.training import ModelState, Net, Objective, objective
+from fldistill.ledger import Kind, Payload
+from fldistill.methods import register
+from fldistill.methods.base import RunContext
+from fldistill.methods.fedavg import FedAvg
+
+
+class ScaffoldParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    correction: bool = Field(True, description="use control variates; False is exactly FedAvg (nothing extra sent)")
+    steps: Literal["momentum", "plain"] = Field(
+        "momentum",
+        description="K in option II: 'momentum' = effective steps under SGD momentum (K when momentum=0), 'plain' = K",
+    )
+
+
+def effective_steps(k: int, momentum: float) -> float:
+    """How many lr-sized steps K SGD(momentum) steps move along a constant direction."""
+    b = float(momentum)
+    if b == 0.0:
+        return float(k)
+    return sum((1.0 - b**j) / (1.0 - b) for j in range(1, int(k) + 1))
+
+
+@objective("scaffold")
+def _scaffold(args: dict[str, Any], ref: ModelState, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> Objective:
+    """Cross-entropy plus ``sum_k <c - c_i, w_k>``: each step's gradient gains ``c - c_i``."""
+    diff = {k: (tensors[f"c.{k}"] - tensors[f"ci.{k}"]).detach() for k, _ in model.named_parameters()}
+
+    def loss(net: Net, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        corr = sum((diff[k] * p).sum() for k, p in net.params().items())
+        return F.cross_entropy(net.logits(x), y) + corr
+
+    return Objective("scaffold", loss)
+
+
+@task("scaffold_train")
+def scaffold_train_task(ctx: ClientContext, req: Payload) -> Payload:
+    """The ``train`` task, then option II on the client: also uploads ``dc`` = Delta c_i.
+
+    Request: as ``train`` plus ``c.*`` (global variate) and ``ci.*`` (own variate);
+    metadata ``steps`` (``"momentum"`` or ``"plain"``). Reply: as ``train`` plus
+    ``dc.*`` (FLOAT), one tensor per parameter.
+    """
+    reply = train_task(ctx, req)
+    local = local_config_from(req.meta, ctx.local)
+    k = int(reply.meta["steps"])
+    k_eff = effective_steps(k, local.momentum) if req.meta.get("steps", "momentum") == "momentum" else float(k)
+    x, y, c = req.get_state("model"), reply.get_state("model"), req.get_state("c")
+    scale = 1.0 / (k_eff * local.lr)
+    dc = {n: (x[n] - y[n]) * scale - c[n] for n in c}  # c_i+ - c_i = -c + (x - y_i) / (K lr)
+    return reply.put_state("dc", dc, Kind.FLOAT)
+
+
+@register
+class Scaffold(FedAvg):
+    name = "scaffold"
+    description = "SCAFFOLD: FedAvg with server/client control variates (option II; params.correction, params.steps)"
+    Params = ScaffoldParams
+
+    def __init__(self, ctx: RunContext, params: ScaffoldParams) -> None:
+        super().__init__(ctx, params)
+        self.param_names = [k for k, _ in ctx.model.named_parameters()]
+        self.c: ModelState = {k: torch.zeros_like(self.global_state[k]) for k in self.param_names}
+        self.c_bank: dict[int, ModelState] = {}  # c_i of clients that took part; absent = 0
+
+    def objective(self) -> tuple[str, dict[str, Any]]:
+        return ("scaffold", {}) if self.params.correction else ("ce", {})
+
+    def client_c(self, cid: int) -> ModelState:
+        """Client ``cid``'s control variate (zeros before its first round)."""
+        return self.c_bank.get(cid) or {k: torch.zeros_like(v) for k, v in self.c.items()}
+
+    def round(self, t: int) -> dict[str, Any]:
+        if not self.params.correction:
+            return super().round(t)  # plain FedAvg: nothing extra sent or charged
+        clients = self.sample_clients(t)
+        name, args = self.objective()
+        base = self.model_payload().with_meta(round=t, objective=name, objective_args=args, steps=self.params.steps)
+        base.put_state("c", self.c, Kind.FLOAT)
+        reqs = {cid: base.with_meta().put_state("ci", self.client_c(cid), Kind.STATE) for cid in clients}
+        bar = self.ctx.progress(f"round {t}: local training", len(clients))
+        replies = self.comm.call("scaffold_train", reqs, phase="train", progress=bar)
+        self.set_global(self.average(replies))
+        frac = len(replies) / self.fed.n_clients
+        ids = sorted(replies)
+        dcs = [replies[cid].get_state("dc") for cid in ids]
+        for cid, dc in zip(ids, dcs):
+            ci = self.client_c(cid)
+            self.c_bank[cid] = {k: ci[k] + dc[k] for k in self.param_names}
+        self.c = {k: self.c[k] + frac * torch.stack([dc[k] for dc in dcs]).mean(0) for k in self.param_names}
+        c_norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in self.c.values())))
+        return {"train_loss": self.mean_meta(replies, "loss"), "participants": len(clients), "c_norm": c_norm}
+
+    # -- checkpoint --------------------------------------------------------------------
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors, meta = super().state_dict()
+        tensors.update({f"scaffold_c/{k}": v for k, v in self.c.items()})
+        for cid, ci in self.c_bank.items():
+            tensors.update({f"scaffold_ci/{cid}/{k}": v for k, v in ci.items()})
+        return tensors, {**meta, "scaffold_clients": sorted(self.c_bank)}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        super().load_state_dict(tensors, meta)
+        self.c = {k: tensors[f"scaffold_c/{k}"].clone() for k in self.param_names}
+        self.c_bank = {
+            int(cid): {k: tensors[f"scaffold_ci/{cid}/{k}"].clone() for k in self.param_names}
+            for cid in meta.get("scaffold_clients", [])
+        }
