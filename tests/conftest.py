@@ -23,7 +23,7 @@ def tiny_cfg(**over):
         "clients": 10,
         "rounds": 3,
         "seed": 1,
-        "local": {"amount": 1, "lr": 0.05, "batch_size": 32},
+        "local": {"amount": 1, "lr": 0.05, "batch_size": 32, "momentum": 0.9},
     }
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):

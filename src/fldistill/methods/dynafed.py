@@ -63,7 +63,7 @@ from fldistill.engine.training import ModelState, get_state, set_state, weighted
 from fldistill.errors import TrainingDiverged
 from fldistill.ledger import Payload
 from fldistill.methods import register
-from fldistill.methods.base import Method
+from fldistill.methods.base import Method, RunContext
 from fldistill.methods.dsa import DSA
 from fldistill.methods.fedavg import FedAvg
 from fldistill.seeding import np_rng, torch_gen
@@ -138,7 +138,7 @@ class DynaFed(FedAvg):
     description = "DynaFed: FedAvg + server-side data synthesis from the global trajectory, then per-round server fine-tune"
     Params = DynaFedParams
 
-    def __init__(self, ctx: Any, params: BaseModel) -> None:
+    def __init__(self, ctx: RunContext, params: BaseModel) -> None:
         super().__init__(ctx, params)
         self.p: DynaFedParams = params  # type: ignore[assignment]
         shape = tuple(self.fed.input_shape)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fldistill.ledger import Payload
 from fldistill.methods import register
 from fldistill.methods.base import Method
 
@@ -19,15 +20,26 @@ class FedAvg(Method):
     # training; lr 0.05 left FedAvg at 0.78 after 100 rounds, lr 0.15 reaches 0.92.
     local_defaults = {"amount": 2, "lr": 0.15}
 
+    task: str = "train"  # the client task run each round
+
     def objective(self) -> tuple[str, dict[str, Any]]:
         """Name and arguments of the clients' local objective."""
         return "ce", {}
 
+    def requests(self, t: int, clients: list[int], base: Payload) -> dict[int, Payload]:
+        """Per-client requests; subclasses add tensors (control variates, teachers)."""
+        return {c: base for c in clients}
+
+    def after_replies(self, t: int, replies: dict[int, Payload]) -> dict[str, Any]:
+        """Server-side bookkeeping after aggregation; returns extra metrics."""
+        return {}
+
     def round(self, t: int) -> dict[str, Any]:
         clients = self.sample_clients(t)
         name, args = self.objective()
-        req = self.model_payload().with_meta(round=t, objective=name, objective_args=args)
-        with_bar = self.ctx.progress(f"round {t}: local training", len(clients))
-        replies = self.comm.call("train", {c: req for c in clients}, phase="train", progress=with_bar)
+        base = self.model_payload().with_meta(round=t, objective=name, objective_args=args)
+        bar = self.ctx.progress(f"round {t}: local training", len(clients))
+        replies = self.comm.call(self.task, self.requests(t, clients, base), phase="train", progress=bar)
         self.set_global(self.average(replies))
-        return {"train_loss": self.mean_meta(replies, "loss"), "participants": len(clients)}
+        extra = self.after_replies(t, replies)
+        return {"train_loss": self.mean_meta(replies, "loss"), "participants": len(clients), **extra}

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.func import functional_call
 
 from fldistill.engine.training import ModelState, Net, Objective, objective
-from fldistill.ledger import Kind
+from fldistill.ledger import Kind, Payload
 from fldistill.methods import register
 from fldistill.methods.base import RunContext
 from fldistill.methods.fedavg import FedAvg
@@ -90,18 +90,14 @@ class Moon(FedAvg):
     def objective(self) -> tuple[str, dict[str, Any]]:
         return "moon", {"mu": self.params.mu, "temperature": self.params.temperature}
 
-    def round(self, t: int) -> dict[str, Any]:
-        clients = self.sample_clients(t)
-        name, args = self.objective()
-        base = self.model_payload().with_meta(round=t, objective=name, objective_args=args)
+    def requests(self, t: int, clients: list[int], base: Payload) -> dict[int, Payload]:
         glob = {k: v for k, v in self.global_state.items() if k.startswith(FEAT)}
-        reqs = {cid: base.with_meta().put_state("prev", self.prev_bank.get(cid, glob), Kind.STATE) for cid in clients}
-        bar = self.ctx.progress(f"round {t}: local training", len(clients))
-        replies = self.comm.call("train", reqs, phase="train", progress=bar)
-        self.set_global(self.average(replies))
+        return {cid: base.with_meta().put_state("prev", self.prev_bank.get(cid, glob), Kind.STATE) for cid in clients}
+
+    def after_replies(self, t: int, replies: dict[int, Payload]) -> dict[str, Any]:
         for cid, rep in replies.items():
             self.prev_bank[cid] = {k: v for k, v in rep.get_state("model").items() if k.startswith(FEAT)}
-        return {"train_loss": self.mean_meta(replies, "loss"), "participants": len(clients)}
+        return {}
 
     # -- checkpoint --------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
