@@ -156,7 +156,10 @@ def kip_distill(
     holds. A member with a single class is returned at initialisation (no step
     is run; ``info["skipped_single_class"] = 1``): with one label every centred
     one-hot row is the same, so the loss only asks ``K_ts K_reg^-1 1 ~ 1``, which
-    says nothing about the class and only lets the points drift.
+    says nothing about the class and only lets the points drift. Likewise when the
+    support is the member's whole dataset (``n_support >= n``, HFLDD's own 400-of-400
+    setting): every target is a support point, the ridge regression interpolates it
+    (loss ~1e-14) and there is nothing to optimise (``info["skipped_full_support"] = 1``).
     """
     start = time.perf_counter()
     n = int(x.shape[0])
@@ -165,8 +168,9 @@ def kip_distill(
     idx = init.to(x.device)
     y_init = y[idx].to(torch.int64)
     info: dict[str, float] = {"n_classes_present": float(len(sampler.counts))}
-    if len(sampler.counts) < 2 or cfg.iterations == 0:
+    if len(sampler.counts) < 2 or cfg.iterations == 0 or n_support >= n:
         info["skipped_single_class"] = float(len(sampler.counts) < 2)
+        info["skipped_full_support"] = float(n_support >= n and len(sampler.counts) >= 2)
         return DistillResult(x[idx].clone(), y_init, time.perf_counter() - start, 0, info)
 
     kernel = cfg.kernel_fn()

@@ -59,14 +59,15 @@ def resolve_model_name(cfg: RunConfig) -> str:
 
 
 def resolve_defaults(cfg: RunConfig) -> RunConfig:
-    """Fill the ``local`` fields the user left unset with the method's tuned defaults."""
+    """Fill unset ``local`` fields with the method's tuned defaults; resolve ``params``."""
     defaults = get_method(cfg.method).local_defaults
     unset = {k: v for k, v in defaults.items() if k not in cfg.local.model_fields_set}
-    if not unset:
-        return cfg
     local = cfg.local.model_copy(update=unset)
     local = type(cfg.local).model_validate(local.model_dump())  # all fields now explicit
-    return cfg.model_copy(update={"local": local})
+    # Method parameters are saved resolved too, so config.json alone reproduces the run
+    # even if a default changes later.
+    params = method_params(cfg).model_dump(mode="json")
+    return cfg.model_copy(update={"local": local, "params": params})
 
 
 def validate(cfg: RunConfig) -> None:

@@ -25,8 +25,12 @@ Deviations and readings, all configurable:
 - Eq. (18) prices distilled data at B2 bits per value; we also price each sample's hard
   label (``ledger.label_bits``), which the formula leaves out. The tested closed form
   adds that term.
-- KIP is degenerate for single-class members (the ridge loss is zero at the
-  initialisation), so such members send their real initial subset (see distill.kip).
+- KIP is a no-op when the support is the member's whole dataset (|D~_i| >= n_i: the
+  ridge regression interpolates every target) and degenerate for single-class members;
+  both send their real data without running steps (see distill.kip). Otherwise KIP runs
+  the paper's full schedule (3000 iterations); FedD3's early stop at target accuracy
+  0.999 is available as ``distill_params.early_stop_acc`` but, with 10 targets per step,
+  fires after one step and turns KIP into a random subset.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from fldistill.cluster import (
     choose_heads,
@@ -78,16 +82,6 @@ class HFLDDParams(ClusteringParams):
     distiller: Literal["kip", "dm", "random", "none"] = "kip"
     distill_size: int = Field(400, ge=1, description="|D~_i|, capped at the member's sample count")
     distill_params: dict[str, Any] = Field(default_factory=dict, description="KIPConfig/DMConfig fields, or preset='fast'")
-
-    @model_validator(mode="after")
-    def _kip_early_stop(self) -> "HFLDDParams":
-        # FedD3's KIP (which HFLDD's hyper-parameters match) stops once the kernel
-        # regression classifies the target batch perfectly (threshold 0.999). When
-        # |D~_i| >= n_i, the paper's own 400-of-400 setting, the support already holds
-        # every target and KIP stops at once: distillation then sends the real data.
-        if self.distiller == "kip" and "early_stop_acc" not in self.distill_params and "preset" not in self.distill_params:
-            self.distill_params = {**self.distill_params, "early_stop_acc": 0.999}
-        return self
 
 
 @task("soft_labels")
