@@ -149,27 +149,10 @@ def test_params_preset_and_validation(make_cfg, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("cut", [3, 4])
-def test_resume_equals_uninterrupted(tmp_path: Path, make_cfg, monkeypatch, cut: int) -> None:
-    from fldistill.methods.dynafed import DynaFed
-
+def test_resume_equals_uninterrupted(make_cfg, resume_check, cut: int) -> None:
     cfg = make_cfg(method="dynafed", rounds=5, participation=0.5, params={"L": 3, "expert_epochs": 2, **FAST})
-    Runner(cfg, tmp_path / "full", quiet=True).run()
-    orig = DynaFed.round
-
-    def interrupted(self, t: int):
-        if t == cut:
-            raise KeyboardInterrupt
-        return orig(self, t)
-
-    monkeypatch.setattr(DynaFed, "round", interrupted)
-    with pytest.raises(KeyboardInterrupt, match="--resume"):
-        Runner(cfg, tmp_path / "cut", quiet=True).run()
-    assert [r["round"] for r in _metrics(tmp_path / "cut")] == list(range(cut))
-    monkeypatch.setattr(DynaFed, "round", orig)
-    s = Runner(cfg, tmp_path / "cut", resume=True, quiet=True).run()
-    full = _metrics(tmp_path / "full")
-    assert _metrics(tmp_path / "cut") == full
-    assert s["status"] == "completed" and full[3]["synthesised"] == 1
+    full, _ = resume_check(cfg, cut_at=cut)
+    assert full[3]["synthesised"] == 1
 
 
 # -- 5. DSA -------------------------------------------------------------------------------

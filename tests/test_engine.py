@@ -10,8 +10,7 @@ import torch
 
 from fldistill.engine.runner import Runner
 from fldistill.errors import TrainingDiverged
-from fldistill.methods.base import Method
-from fldistill.models import build_model, count_parameters
+from fldistill.models import build_model
 
 
 def _metrics(run_dir: Path, drop_wall: bool = True) -> list[dict]:
@@ -55,7 +54,6 @@ def test_partial_participation_ledger_and_shared_sampling(tmp_path: Path, make_c
     assert s["bits"]["client->server"] == 4 * 3 * w * 32
     assert s["bits"]["server->client"] == 3 * 3 * w * 32
     # every method sees the same clients in the same round
-    from fldistill.methods import get_method
 
     runner = Runner(make_cfg(method="fedprox", rounds=4, clients=10, participation=0.3), tmp_path / "b", quiet=True)
     m1, m2 = runner.build(), Runner(cfg, tmp_path / "c", quiet=True).build()
@@ -82,26 +80,8 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path: Path, make_cfg) -> 
 
 
 @pytest.mark.parametrize("method", ["fedavg", "centralized"])
-def test_resume_equals_uninterrupted(tmp_path: Path, make_cfg, monkeypatch, method: str) -> None:
-    cfg = make_cfg(method=method, rounds=4, participation=0.5)
-    Runner(cfg, tmp_path / "full", quiet=True).run()
-
-    cls = type(Runner(cfg, tmp_path / "probe", quiet=True).build())
-    orig = cls.round
-
-    def interrupted(self: Method, t: int):
-        if t == 3:
-            raise KeyboardInterrupt
-        return orig(self, t)
-
-    monkeypatch.setattr(cls, "round", interrupted)
-    with pytest.raises(KeyboardInterrupt, match="--resume"):
-        Runner(cfg, tmp_path / "cut", quiet=True).run()
-    assert [r["round"] for r in _metrics(tmp_path / "cut")] == [0, 1, 2]
-    monkeypatch.setattr(cls, "round", orig)
-    s = Runner(cfg, tmp_path / "cut", resume=True, quiet=True).run()
-    assert _metrics(tmp_path / "cut") == _metrics(tmp_path / "full")
-    assert s["status"] == "completed"
+def test_resume_equals_uninterrupted(make_cfg, resume_check, method: str) -> None:
+    resume_check(make_cfg(method=method, rounds=4, participation=0.5), cut_at=3)
 
 
 def test_run_folder_contents(tmp_path: Path, make_cfg) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
 from fldistill.engine.runner import Runner
 
@@ -37,24 +36,8 @@ def test_fedseq_one_client_per_cluster_equals_fedavg(tmp_path: Path, make_cfg) -
     assert [{k: r.get(k) for k in keys} for r in a] == [{k: r.get(k) for k in keys} for r in s]
 
 
-def test_fedseq_hfldd_clusters_and_resume(tmp_path: Path, make_cfg, monkeypatch) -> None:
-    from fldistill.methods.fedseq import FedSeq
-
+def test_fedseq_hfldd_clusters_and_resume(make_cfg, resume_check) -> None:
     cfg = make_cfg(method="fedseq", partition="classes:1", clients=20, rounds=3, public={"size": 50},
                    params={"pretrain_epochs": 2, "pretrain_lr": 0.05})
-    s = Runner(cfg, tmp_path / "full", quiet=True).run()
+    _, s = resume_check(cfg, cut_at=2)
     assert sorted(len(c) for c in s["clusters"]) == [10, 10]
-    orig = FedSeq.round
-
-    def cut(self, t):
-        if t == 2:
-            raise KeyboardInterrupt
-        return orig(self, t)
-
-    monkeypatch.setattr(FedSeq, "round", cut)
-    with pytest.raises(KeyboardInterrupt):
-        Runner(cfg, tmp_path / "cut", quiet=True).run()
-    monkeypatch.setattr(FedSeq, "round", orig)
-    Runner(cfg, tmp_path / "cut", resume=True, quiet=True).run()
-    strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rs]  # noqa: E731
-    assert strip(_metrics(tmp_path / "cut")) == strip(_metrics(tmp_path / "full"))

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from fldistill.cluster import load_clustering
 from fldistill.engine.runner import Runner
@@ -59,30 +58,5 @@ def test_hfldd_beats_fedavg_at_one_class(tmp_path: Path, make_cfg) -> None:
     assert h["final_accuracy"] > f["final_accuracy"] + 0.2
 
 
-def test_hfldd_resume_equals_uninterrupted(tmp_path: Path, make_cfg, monkeypatch) -> None:
-    from fldistill.methods.hfldd import HFLDD
-
-    cfg = _cfg(make_cfg, rounds=3)
-    Runner(cfg, tmp_path / "full", quiet=True).run()
-    orig = HFLDD.round
-
-    def cut(self, t):
-        if t == 2:
-            raise KeyboardInterrupt
-        return orig(self, t)
-
-    monkeypatch.setattr(HFLDD, "round", cut)
-    with pytest.raises(KeyboardInterrupt):
-        Runner(cfg, tmp_path / "cut", quiet=True).run()
-    monkeypatch.setattr(HFLDD, "round", orig)
-    Runner(cfg, tmp_path / "cut", resume=True, quiet=True).run()
-
-    def m(p):
-        recs = [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines()]
-        for r in recs:
-            r.pop("wall_s")
-            for k in [k for k in r if k.endswith("_s") or k == "distill_seconds_per_member"]:
-                r.pop(k)
-        return recs
-
-    assert m(tmp_path / "cut") == m(tmp_path / "full")
+def test_hfldd_resume_equals_uninterrupted(make_cfg, resume_check) -> None:
+    resume_check(_cfg(make_cfg, rounds=3), cut_at=2)

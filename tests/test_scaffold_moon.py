@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from fldistill.engine.runner import Runner
-from fldistill.methods.base import Method
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -119,22 +118,5 @@ def test_moon_contrastive_loss_values() -> None:
 
 
 @pytest.mark.parametrize("method", ["scaffold", "moon"])
-def test_resume_equals_uninterrupted(tmp_path: Path, make_cfg, monkeypatch, method: str) -> None:
-    cfg = make_cfg(method=method, rounds=4, participation=0.5)
-    Runner(cfg, tmp_path / "full", quiet=True).run()
-
-    cls = type(Runner(cfg, tmp_path / "probe", quiet=True).build())
-    orig = cls.round
-
-    def interrupted(self: Method, t: int):
-        if t == 3:
-            raise KeyboardInterrupt
-        return orig(self, t)
-
-    monkeypatch.setattr(cls, "round", interrupted)
-    with pytest.raises(KeyboardInterrupt, match="--resume"):
-        Runner(cfg, tmp_path / "cut", quiet=True).run()
-    monkeypatch.setattr(cls, "round", orig)
-    s = Runner(cfg, tmp_path / "cut", resume=True, quiet=True).run()
-    assert _metrics(tmp_path / "cut") == _metrics(tmp_path / "full")
-    assert s["status"] == "completed"
+def test_resume_equals_uninterrupted(make_cfg, resume_check, method: str) -> None:
+    resume_check(make_cfg(method=method, rounds=4, participation=0.5), cut_at=3)
