@@ -18,7 +18,7 @@ err_console = Console(stderr=True)
 
 # The main job of the README quickstart: the paper's hardest setting on an embedded set.
 DEMO_METHODS = ("centralized", "fedavg", "fedprox", "hfldd")
-DEMO_BASE: dict[str, Any] = {"dataset": "mnist1d", "partition": "classes:1", "clients": 100, "rounds": 50, "seed": 0}
+DEMO_BASE: dict[str, Any] = {"dataset": "mnist1d", "partition": "classes:1", "clients": 100, "rounds": 40, "seed": 0}
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
