@@ -61,6 +61,40 @@ def run_one(out: Path, partition: str, label: str, method: str, sets: list[str],
     return f"{label} {partition}: rc={r.returncode} {time.time() - t:.0f}s {r.stdout.strip()[-300:]} {r.stderr.strip()[-300:]}"
 
 
+def write_table(out: Path) -> Path:
+    """One Markdown table over all partitions: the paper's Fig. 3 / Tables II-IV in one view.
+
+    Target accuracy per partition: 80% of that partition's centralized best accuracy.
+    """
+    from fldistill.report.compare import bits_to_target, format_bits, load_run, rounds_to_target
+
+    lines = ["| partition | method | final acc (mean last 5) | best acc | rounds to target | bits to target | total sent | s/round |",
+             "|---|---|---|---|---|---|---|---|"]
+    def natural(p: Path) -> tuple[str, int]:
+        digits = "".join(ch for ch in p.name if ch.isdigit())
+        return p.name.rstrip("0123456789"), int(digits or 0)
+
+    for pdir in sorted((p for p in out.iterdir() if p.is_dir()), key=natural):
+        runs = {d.name: load_run(d) for d in sorted(pdir.iterdir()) if (d / "summary.json").exists()}
+        if not runs:
+            continue
+        cen = runs.get("centralized")
+        target = round(0.8 * cen.summary["best_accuracy"], 4) if cen else None
+        for name, r in runs.items():
+            s = r.summary
+            rt = rounds_to_target(r.metrics, target) if target else None
+            bt = bits_to_target(r.metrics, target) if target else None
+            lines.append(
+                f"| {s.get('partition', pdir.name)} | {name} | {s['final_accuracy_mean5']:.4f} | {s['best_accuracy']:.4f} | "
+                f"{rt if rt is not None else 'not reached'} | {format_bits(bt) if bt is not None else '-'} | "
+                f"{format_bits(s['total_bits'])} | {s.get('seconds_per_round', float('nan')):.2f} |"
+            )
+        lines.append(f"| {pdir.name} | target | {target} (0.8 x centralized best) | | | | | |" if target else "")
+    path = out / "results_table.md"
+    path.write_text("\n".join(x for x in lines if x) + "\n")
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--suite", default="foundation", choices=sorted(SUITES))
@@ -86,6 +120,7 @@ def main() -> None:
         dirs = [str(out / p.replace(":", "") / lab) for lab, _, _ in SUITES[a.suite][p] if (out / p.replace(":", "") / lab / "summary.json").exists()]
         if dirs:
             subprocess.run([sys.executable, "-m", "fldistill.cli", "compare", *dirs, "--out", str(out / p.replace(":", "") / "compare")])
+    print(write_table(out).read_text())
 
 
 if __name__ == "__main__":
