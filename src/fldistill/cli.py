@@ -13,7 +13,8 @@ from rich.table import Table
 from fldistill.config import RunConfig, apply_overrides, load_toml, parse_config
 from fldistill.errors import FLDistillError
 
-console = Console()
+# Piped or logged output gets 120 columns instead of rich's 80, so tables stay whole.
+console = Console(width=None if Console().is_terminal else 120)
 err_console = Console(stderr=True)
 
 # The main job of the README quickstart: the paper's hardest setting on an embedded set.

@@ -376,13 +376,20 @@ def render_table(rows: list[dict], title: str = "") -> Table:
     -------
     rich.table.Table
     """
-    if not title and rows and rows[0].get("target") is not None:
-        title = f"target accuracy {rows[0]['target']:.4f}"
-    table = Table(title=title or None)
-    for i, header in enumerate(_DISPLAY_HEADERS):
-        table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    if rows and rows[0].get("target") is not None:
+        tgt = f"last5 = mean accuracy of the last 5 rounds; rounds/sent to reach {rows[0]['target']:.4f}"
+        title = f"{title}\n{tgt}" if title else tgt
+    # Compact for terminals: 80 columns must stay readable; compare.md/csv keep everything.
+    from rich import box
+
+    table = Table(title=title or None, box=box.SIMPLE_HEAD, pad_edge=False)
+    keep = [0, 2, 3, 4, 5, 6, 8]  # run, mean of last 5, best, sent, rounds/sent to target, s/round
+    heads = ["run", "last5", "best", "sent", "rounds", "sent", "s/rnd"]
+    for i, header in enumerate(heads):
+        table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
     for row in rows:
-        table.add_row(*_display_cells(row))
+        cells = _display_cells(row)
+        table.add_row(*[cells[k] for k in keep])
     return table
 
 
