@@ -141,7 +141,7 @@ def build_federation(
         None when the method needs none.
     """
     info = dataset_info(dataset)
-    spec = parse_partition(partition, info.n_classes or None, n_clients)
+    parse_partition(partition, info.n_classes or None, n_clients)  # fail fast, before loading
     train, test = load_dataset(dataset, data_dir, dataset_size)
     spec = parse_partition(partition, train.n_classes, n_clients)
     public = None

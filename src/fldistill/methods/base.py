@@ -120,9 +120,12 @@ class Method:
         self.global_state = state
         self.version += 1
 
-    @staticmethod
-    def average(replies: dict[int, Payload], prefix: str = "model") -> ModelState:
-        """FedAvg of the replies' models, weighted by their sample counts ``meta["n"]``."""
+    def average(self, replies: dict[int, Payload], prefix: str = "model") -> ModelState:
+        """FedAvg of the replies' models, weighted by their sample counts ``meta["n"]``.
+
+        An instance method so that methods can change the aggregation (DynaFed averages
+        with equal weights, as its code does).
+        """
         ids = sorted(replies)
         return weighted_average([replies[c].get_state(prefix) for c in ids], [replies[c].meta["n"] for c in ids])
 

@@ -63,7 +63,7 @@ from fldistill.engine.training import ModelState, get_state, set_state, weighted
 from fldistill.errors import TrainingDiverged
 from fldistill.ledger import Payload
 from fldistill.methods import register
-from fldistill.methods.base import Method, RunContext
+from fldistill.methods.base import RunContext
 from fldistill.methods.dsa import DSA
 from fldistill.methods.fedavg import FedAvg
 from fldistill.seeding import np_rng, torch_gen
@@ -155,10 +155,10 @@ class DynaFed(FedAvg):
         return {k: v.detach().clone() for k, v in state.items()}
 
     # -- aggregation -------------------------------------------------------------------
-    def average(self, replies: dict[int, Payload], prefix: str = "model") -> ModelState:  # type: ignore[override]
+    def average(self, replies: dict[int, Payload], prefix: str = "model") -> ModelState:
         """Equal-weight mean of the replies (the code) or FedAvg's sample-weighted mean."""
         if not self.p.unweighted:
-            return Method.average(replies, prefix)
+            return super().average(replies, prefix)
         ids = sorted(replies)
         return weighted_average([replies[c].get_state(prefix) for c in ids], [1.0] * len(ids))
 
