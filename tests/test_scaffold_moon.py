@@ -111,10 +111,10 @@ def test_moon_contrastive_loss_values() -> None:
     with torch.no_grad():
         ce = float(torch.nn.functional.cross_entropy(model(x), y))
     obj = make_objective("moon", {"mu": 1.0, "temperature": 0.5}, st, model, {})
-    assert float(obj.loss(ModuleNet(model), x, y).detach()) == pytest.approx(ce + math.log(2), rel=1e-5)
+    assert float(obj.loss(ModuleNet(model), x, y, obj.inputs).detach()) == pytest.approx(ce + math.log(2), rel=1e-5)
     prev = {f"prev.{k}": torch.randn_like(v) for k, v in st.items() if k.startswith("features.")}
     obj = make_objective("moon", {"mu": 1.0, "temperature": 0.5}, st, model, prev)
-    assert float(obj.loss(ModuleNet(model), x, y).detach()) < ce + math.log(2)
+    assert float(obj.loss(ModuleNet(model), x, y, obj.inputs).detach()) < ce + math.log(2)
 
 
 @pytest.mark.parametrize("method", ["scaffold", "moon"])

@@ -205,8 +205,9 @@ def train_task(ctx: ClientContext, req: Payload) -> Payload:
         ys = [y] + [p.tensors["y"].to(y) for _, p in ctx.inbox]
         x, y = torch.cat(xs), torch.cat(ys)
     local = local_config_from(req.meta, ctx.local)
-    obj = make_objective(req.meta.get("objective", "ce"), req.meta.get("objective_args", {}), state, ctx.model, req.tensors)
-    new, stats = local_train(
-        ctx.model, state, x, y, local, obj, ctx.gen("train", int(req.meta.get("round", 0))), where=f"client {ctx.cid}"
+    rnd = int(req.meta.get("round", 0))
+    obj = make_objective(
+        req.meta.get("objective", "ce"), req.meta.get("objective_args", {}), state, ctx.model, req.tensors, ctx.gen("objective", rnd)
     )
+    new, stats = local_train(ctx.model, state, x, y, local, obj, ctx.gen("train", rnd), where=f"client {ctx.cid}")
     return Payload(meta={**stats}).put_state("model", new, Kind.PARAM)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -82,26 +82,60 @@ class ModuleNet:
         return dict(self.module.named_parameters())
 
 
-LossFn = Callable[[Net, torch.Tensor, torch.Tensor], torch.Tensor]
+Inputs = dict[str, torch.Tensor]
+# loss(net, x, y, inputs): ``inputs`` holds the objective's per-client tensors merged with
+# the current step's random draws (see :class:`Objective`).
+LossFn = Callable[[Net, torch.Tensor, torch.Tensor, Inputs], torch.Tensor]
 
 
 @dataclass
 class Objective:
-    """A local loss plus whether a vectorised engine may batch it across clients."""
+    """A local loss, the per-client tensors it reads, and its per-step random inputs.
+
+    The contract that lets an engine batch one objective over many clients: ``loss`` may
+    close over the request's ``args`` and the worker module (the same for every client of
+    one call), but everything that can differ between clients (an anchor model, control
+    variates, a previous model) is in ``inputs``, and every random draw is made by
+    ``sample``, outside the loss.
+
+    Attributes
+    ----------
+    inputs : dict
+        Per-client tensors handed to ``loss`` as its fourth argument. A vectorised engine
+        stacks them over clients.
+    sample : callable, optional
+        ``sample(batch_len) -> dict``, called once per optimiser step, in step order,
+        before the loss; its tensors are merged into ``inputs`` for that step (KDIA's
+        generated features and their labels). Draws come from the objective's own seeded
+        stream, so they do not depend on the engine.
+    vectorisable : bool
+        False when the loss cannot run under ``torch.func.vmap``.
+    """
 
     name: str
     loss: LossFn
+    inputs: Inputs = field(default_factory=dict)
+    sample: Callable[[int], Inputs] | None = None
     vectorisable: bool = True
+
+    def step_inputs(self, batch_len: int) -> Inputs:
+        """``inputs`` plus this step's random draws."""
+        if self.sample is None:
+            return self.inputs
+        return {**self.inputs, **self.sample(batch_len)}
 
 
 # (args from the request metadata, the state the client starts from, the worker module,
-#  the request's tensors, e.g. a teacher model or control variates) -> Objective
-ObjectiveFactory = Callable[[dict[str, Any], ModelState, torch.nn.Module, dict[str, torch.Tensor]], Objective]
+#  the request's tensors (a teacher model, control variates), a seeded generator private
+#  to this client and round for the objective's own random draws) -> Objective
+ObjectiveFactory = Callable[
+    [dict[str, Any], ModelState, torch.nn.Module, dict[str, torch.Tensor], torch.Generator], Objective
+]
 OBJECTIVES: dict[str, ObjectiveFactory] = {}
 
 
 def objective(name: str) -> Callable[[ObjectiveFactory], ObjectiveFactory]:
-    """Register a local objective factory ``(args, start_state, model, tensors) -> Objective``.
+    """Register a local objective factory ``(args, start_state, model, tensors, gen) -> Objective``.
 
     Objectives may be defined in a method's own module; they register on import.
     """
@@ -114,31 +148,40 @@ def objective(name: str) -> Callable[[ObjectiveFactory], ObjectiveFactory]:
 
 
 def make_objective(
-    name: str, args: dict[str, Any], ref: ModelState, model: torch.nn.Module, tensors: dict[str, torch.Tensor] | None = None
+    name: str,
+    args: dict[str, Any],
+    ref: ModelState,
+    model: torch.nn.Module,
+    tensors: dict[str, torch.Tensor] | None = None,
+    gen: torch.Generator | None = None,
 ) -> Objective:
-    """Build a registered objective; ``ref`` is the model state the client started from."""
+    """Build a registered objective; ``ref`` is the model state the client started from.
+
+    ``gen`` seeds the objective's own random draws (:attr:`Objective.sample`); objectives
+    without any ignore it.
+    """
     if name not in OBJECTIVES:
         raise KeyError(f"unknown local objective {name!r}; registered: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[name](args, ref, model, tensors or {})
+    return OBJECTIVES[name](args, ref, model, tensors or {}, gen if gen is not None else torch.Generator().manual_seed(0))
 
 
 @objective("ce")
-def _ce(args: dict[str, Any], ref: ModelState, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> Objective:
-    return Objective("ce", lambda net, x, y: F.cross_entropy(net.logits(x), y))
+def _ce(args: dict[str, Any], ref: ModelState, model: torch.nn.Module, tensors: Inputs, gen: torch.Generator) -> Objective:
+    return Objective("ce", lambda net, x, y, inp: F.cross_entropy(net.logits(x), y))
 
 
 @objective("fedprox")
-def _fedprox(args: dict[str, Any], ref: ModelState, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> Objective:
+def _fedprox(args: dict[str, Any], ref: ModelState, model: torch.nn.Module, tensors: Inputs, gen: torch.Generator) -> Objective:
     mu = float(args.get("mu", 0.01))
-    anchor = {k: ref[k].detach() for k, _ in model.named_parameters()}
+    names = [k for k, _ in model.named_parameters()]
 
-    def loss(net: Net, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(net: Net, x: torch.Tensor, y: torch.Tensor, inp: Inputs) -> torch.Tensor:
         # The proximal term is always computed (also at mu=0) so that "FedProx(mu=0) ==
         # FedAvg" is a real check of this code path rather than of a shortcut.
-        prox = sum(((p - anchor[k]) ** 2).sum() for k, p in net.params().items())
+        prox = sum(((p - inp["anchor." + k]) ** 2).sum() for k, p in net.params().items())
         return F.cross_entropy(net.logits(x), y) + 0.5 * mu * prox
 
-    return Objective("fedprox", loss)
+    return Objective("fedprox", loss, inputs={"anchor." + k: ref[k].detach() for k in names})
 
 
 def batch_schedule(n: int, local: LocalConfig, gen: torch.Generator) -> Iterator[torch.Tensor]:
@@ -196,7 +239,7 @@ def local_train(
     total, steps = 0.0, 0
     for idx in batch_schedule(len(y), local, gen):
         opt.zero_grad(set_to_none=True)
-        loss = obj.loss(net, x[idx], y[idx])
+        loss = obj.loss(net, x[idx], y[idx], obj.step_inputs(len(idx)))
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"{where or 'local training'}: the loss became {loss.item()} at step {steps}; "

@@ -57,24 +57,27 @@ def _features_of(state: ModelState, prefix: str = FEAT) -> dict[str, torch.Tenso
 
 
 @objective("moon")
-def _moon(args: dict[str, Any], ref: ModelState, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> Objective:
+def _moon(
+    args: dict[str, Any], ref: ModelState, model: torch.nn.Module, tensors: dict[str, torch.Tensor], gen: torch.Generator
+) -> Objective:
     """``CE + mu * l_con``; the global model is ``ref``, the previous one the ``prev.*`` tensors."""
     mu, tau = float(args.get("mu", 5.0)), float(args.get("temperature", 0.5))
     glob = {k: v.detach() for k, v in _features_of(ref).items()}
     prev = {k: v.detach() for k, v in _features_of(tensors, "prev." + FEAT).items()} or glob
+    inputs = {**{"glob." + k: v for k, v in glob.items()}, **{"prev." + k: v for k, v in prev.items()}}
 
-    def loss(net: Net, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(net: Net, x: torch.Tensor, y: torch.Tensor, inp: dict[str, torch.Tensor]) -> torch.Tensor:
         h = net.features(x)
         z = h.flatten(1)
-        zg = frozen_features(model, glob, x).flatten(1)
-        zp = frozen_features(model, prev, x).flatten(1)
+        zg = frozen_features(model, {k: inp["glob." + k] for k in glob}, x).flatten(1)
+        zp = frozen_features(model, {k: inp["prev." + k] for k in glob}, x).flatten(1)
         sims = torch.stack([F.cosine_similarity(z, zg, dim=1), F.cosine_similarity(z, zp, dim=1)], 1) / tau
         # -log softmax(sims)[:, 0]: the global model's representation is the positive
         con = F.cross_entropy(sims, torch.zeros(len(z), dtype=torch.long, device=z.device))
         # always computed (also at mu=0) so that "MOON(mu=0) == FedAvg" tests this path
         return F.cross_entropy(net.head(h), y) + mu * con
 
-    return Objective("moon", loss)
+    return Objective("moon", loss, inputs=inputs)
 
 
 @register

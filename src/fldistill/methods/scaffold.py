@@ -61,19 +61,21 @@ def effective_steps(k: int, momentum: float) -> float:
 
 
 @objective("scaffold")
-def _scaffold(args: dict[str, Any], ref: ModelState, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> Objective:
+def _scaffold(
+    args: dict[str, Any], ref: ModelState, model: torch.nn.Module, tensors: dict[str, torch.Tensor], gen: torch.Generator
+) -> Objective:
     """Cross-entropy plus ``sum_k <c - c_i, w_k - x_k>``: each step's gradient gains ``c - c_i``."""
     names = [k for k, _ in model.named_parameters()]
-    diff = {k: (tensors[f"c.{k}"] - tensors[f"ci.{k}"]).detach() for k in names}
-    anchor = {k: ref[k].detach() for k in names}
+    inputs = {f"diff.{k}": (tensors[f"c.{k}"] - tensors[f"ci.{k}"]).detach() for k in names}
+    inputs.update({f"anchor.{k}": ref[k].detach() for k in names})
 
-    def loss(net: Net, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(net: Net, x: torch.Tensor, y: torch.Tensor, inp: dict[str, torch.Tensor]) -> torch.Tensor:
         # <c - c_i, w - x>: the same gradient as <c - c_i, w>, but 0 at the start, so the
         # reported training loss stays near the cross-entropy instead of drifting
-        corr = sum((diff[k] * (p - anchor[k])).sum() for k, p in net.params().items())
+        corr = sum((inp[f"diff.{k}"] * (p - inp[f"anchor.{k}"])).sum() for k, p in net.params().items())
         return F.cross_entropy(net.logits(x), y) + corr
 
-    return Objective("scaffold", loss)
+    return Objective("scaffold", loss, inputs=inputs)
 
 
 @task("scaffold_train")
