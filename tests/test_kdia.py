@@ -131,3 +131,24 @@ def test_kdia_generator_learns_the_heads(tmp_path: Path, kdia_cfg) -> None:
 
 def test_kdia_resume_equals_uninterrupted(kdia_cfg, resume_check) -> None:
     resume_check(kdia_cfg(rounds=4), cut_at=3)
+
+
+def test_kdia_lost_client_gains_no_teacher_weight(tmp_path: Path, kdia_cfg, monkeypatch) -> None:
+    """A client whose reply never comes keeps weight 0 and its counts; the round completes."""
+    from fldistill.engine.comm import InProcessComm
+
+    method = Runner(kdia_cfg(), tmp_path / "k", quiet=True).build()
+    lost = method.sample_clients(1)[0]
+    orig = InProcessComm.call
+
+    def drop(self, task_name, requests, **kw):
+        out = orig(self, task_name, requests, **kw)
+        out.pop(lost, None)
+        return out
+
+    monkeypatch.setattr(InProcessComm, "call", drop)
+    extra = method.round(1)
+    assert extra["participants"] == len(method.sample_clients(1)) - 1
+    assert method.cnt[lost] == 0 and method.last[lost] == -1
+    w = teacher_weights(method.sizes, method.cnt, method.last, 0)
+    assert w[lost] == 0 and extra["teacher_clients"] == len(method.sample_clients(1)) - 1

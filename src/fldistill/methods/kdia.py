@@ -220,6 +220,7 @@ class KDIA(FedAvg):
         # The code counts rounds from 0; the recency weights depend on it (see teacher_weights).
         t0 = t - 1
         clients = self.sample_clients(t)
+        last_before = self.last.copy()
         self.cnt[clients] += 1
         self.last[clients] = t0
         name, args = self.objective()
@@ -227,6 +228,14 @@ class KDIA(FedAvg):
         bar = self.ctx.progress(f"round {t}: local training", len(clients))
         replies = self.comm.call(self.task, self.requests(t, clients, base), phase="train", progress=bar)
         ids = sorted(replies)
+        lost = sorted(set(clients) - set(ids))
+        if lost:
+            # A client that never answered (a runtime with faults) keeps its old bank entry,
+            # so it must not gain participation or recency weight for this round.
+            self.cnt[lost] -= 1
+            self.last[lost] = last_before[lost]
+        if not ids:
+            return {"participants": 0, "lost": len(lost)}
         states = [replies[c].get_state("model") for c in ids]
         for c, st in zip(ids, states):
             self.bank[c] = self._flatten(st).cpu()
