@@ -310,8 +310,8 @@ class KDIA(FedAvg):
         return {"bank_bytes": int(self.bank.numel() * self.bank.element_size()), "generator_parameters": self.generator_params()}
 
     def generator_params(self) -> int:
-        """Number of generator parameters (what the downlink carries besides two models)."""
-        return sum(v.numel() for v in self.generator.state_dict().values() if v.is_floating_point())
+        """Number of generator parameters (the downlink also carries its BN statistics)."""
+        return sum(p.numel() for p in self.generator.parameters())
 
     # -- checkpoint ------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
