@@ -50,7 +50,7 @@ SUITES: dict[str, dict[str, list[tuple[str, str, list[str]]]]] = {
     # under Dirichlet(0.1). KDIA first: it is the longest run, so workers start on it.
     "kdia": {
         p: [
-            ("kdia", "kdia", [*_KDIA_LOCAL, "params.gen_epochs=5"]),  # CPU preset: 5x100 generator steps
+            ("kdia", "kdia", [*_KDIA_LOCAL, "params.gen_epochs=2"]),  # CPU preset: 2x100 generator steps
             ("fedavg", "fedavg", _KDIA_LOCAL),
             ("fedprox", "fedprox", _KDIA_LOCAL),
             ("centralized", "centralized", []),
