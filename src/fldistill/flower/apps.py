@@ -165,7 +165,7 @@ def write_app(cfg: RunConfig, out: str | Path, app_dir: str | Path) -> Path:
     app_dir.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
-        "project": {"name": "fldistill-run", "version": "1.0.0", "dependencies": ["fldistill[flower]"]},
+        "project": {"name": "fldistill-run", "version": "1.0.0", "dependencies": []},
         "tool": {
             "hatch": {"build": {"targets": {"wheel": {"packages": ["."]}}}},
             "flwr": {
