@@ -1,7 +1,8 @@
 """Run fldistill methods on Flower (the optional ``[flower]`` extra).
 
-The core package never imports ``flwr``; importing this subpackage checks for it and
-says how to install it.
+The core package never imports ``flwr``. This package's own ``__init__`` and ``cli``
+do not either (the ``fldistill`` parser lists the ``flower`` commands without it); the
+commands call :func:`require_flwr` first, for a one-line install hint.
 """
 
 from __future__ import annotations
@@ -16,5 +17,3 @@ def require_flwr() -> None:
     except ImportError:
         raise ConfigError('Flower is not installed: pip install "fldistill[flower]"') from None
 
-
-require_flwr()

@@ -48,6 +48,15 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, already dead, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def descendants(pid: int) -> list[int]:
     """All processes below ``pid``."""
     out, todo = [], [pid]
@@ -207,10 +216,12 @@ class LocalDeployment:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        time.sleep(0.5)
-        # Flower's helpers (SuperExec, app processes) watch their parent and exit with it;
-        # whatever has not is killed by id.
-        self._kill_pids([k for k in kids if Path(f"/proc/{k}").exists()], signal.SIGKILL)
+        # Flower's helpers (SuperExec, app processes) watch their parent and exit with it
+        # within a few seconds; whatever has not is killed by id.
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and any(alive(k) for k in kids):
+            time.sleep(0.25)
+        self._kill_pids([k for k in kids if alive(k)], signal.SIGKILL)
         self.nodes, self.superlink = {}, None
 
     def __enter__(self) -> "LocalDeployment":
