@@ -41,7 +41,8 @@ CONFIG_KEY = "fldistill-config"
 OUT_KEY = "out"
 
 # One federation per config per process: the simulation runtime reuses its workers, so
-# a node builds its data once; the deployment runtime starts a process per message.
+# a node builds its data once; the deployment runtime starts a process per message, which
+# loads the federation from the node's disk cache (fldistill.flower.nodecache).
 _NODE_CACHE: dict[str, tuple[RunConfig, Federation, torch.nn.Module]] = {}
 
 
@@ -56,10 +57,11 @@ def _run_config_value(context: Context, key: str, given: str | None) -> str:
 def _node_objects(cfg_json: str) -> tuple[RunConfig, Federation, torch.nn.Module]:
     hit = _NODE_CACHE.get(cfg_json)
     if hit is None:
-        from fldistill.engine.runner import federation_for, model_for
+        from fldistill.engine.runner import model_for
+        from fldistill.flower.nodecache import node_federation
 
         cfg = parse_config(json.loads(cfg_json))
-        fed = federation_for(cfg)
+        fed = node_federation(cfg)
         hit = _NODE_CACHE[cfg_json] = (cfg, fed, model_for(cfg, fed))
     return hit
 

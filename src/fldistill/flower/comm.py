@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -39,11 +39,33 @@ from fldistill.ledger import Ledger, Payload
 log = logging.getLogger("fldistill.flower")
 
 HELLO = "query.fldistill_hello"
+POLL_S = 0.1  # how often a waiting call asks the SuperLink for replies
 
 
 def message_type(task_name: str) -> str:
     """The Flower message type that carries ``task_name``."""
     return f"train.{task_name}"
+
+
+def exchange(grid: Grid, msgs: list[Message], timeout_s: float) -> list[Message]:
+    """Push ``msgs`` and pull replies until all came or ``timeout_s`` passed.
+
+    ``Grid.send_and_receive`` polls every 3 s on the deployment runtime; a call of a tiny
+    task would spend most of its time asleep, so we poll every ``POLL_S``.
+    """
+    if not msgs:
+        return []
+    waiting = set(grid.push_messages(msgs))
+    out: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    while waiting:
+        got = list(grid.pull_messages(waiting))
+        out += got
+        waiting -= {m.metadata.reply_to_message_id for m in got}
+        if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(POLL_S)
+    return out
 
 
 def discover_nodes(grid: Grid, n_clients: int, timeout_s: float) -> dict[int, int]:
@@ -69,7 +91,7 @@ def discover_nodes(grid: Grid, n_clients: int, timeout_s: float) -> dict[int, in
             f"SuperNode per client with --node-config 'partition-id=<0..{n_clients - 1}>' or raise flower.connect_timeout_s"
         )
     msgs = [Message(RecordDict({"hello": ConfigRecord({})}), dst_node_id=n, message_type=HELLO) for n in nodes]
-    replies = list(grid.send_and_receive(msgs, timeout=max(deadline - time.monotonic(), 30.0)))
+    replies = exchange(grid, msgs, max(deadline - time.monotonic(), 30.0))
     out: dict[int, int] = {}
     for m in replies:
         if m.has_error():
@@ -167,7 +189,7 @@ class FlowerComm:
             msgs.append(Message(rd, dst_node_id=node, message_type=message_type(task_name)))
             cid_of_node[node] = cid
         got: dict[int, Payload] = {}
-        for m in self._send(msgs):
+        for m in exchange(self.grid, msgs, self.timeout_s):
             cid = cid_of_node.get(int(m.metadata.src_node_id))
             if cid is None:
                 continue
@@ -200,9 +222,6 @@ class FlowerComm:
             self.missing.extend(missing)
         self.call_seconds.append(time.perf_counter() - t0)
         return out
-
-    def _send(self, msgs: list[Message]) -> Iterable[Message]:
-        return self.grid.send_and_receive(msgs, timeout=self.timeout_s) if msgs else []
 
     def charge(self, hop: str, payload: Payload, phase: str) -> int:
         """Price a transfer between server-side roles (edge <-> cloud)."""

@@ -99,6 +99,9 @@ class LocalDeployment:
         self.nodes: dict[int, subprocess.Popen[bytes]] = {}
         self.env = dict(os.environ)
         self.env["FLWR_HOME"] = str(self.workdir / "flwr-home")
+        # SuperExec looks for new tasks every second by default; on loopback that is most
+        # of a small task's time.
+        self.env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
         self.env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + self.env.get("PATH", "")
         # Flower's processes import fldistill: give them this interpreter's search path.
         src = str(Path(__file__).resolve().parents[2])
