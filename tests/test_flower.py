@@ -83,7 +83,7 @@ def test_loopback_deployment_matches_inprocess(tmp_path: Path, make_cfg) -> None
 
 def test_loopback_dropout_lost_head(tmp_path: Path, make_cfg) -> None:
     """Kill the SuperNode of an HFLDD head after round 1: the run completes without it."""
-    cfg = _hfldd(make_cfg, flower={"timeout_s": 45})
+    cfg = _hfldd(make_cfg, flower={"timeout_s": 60})
     out = tmp_path / "hfldd"
     killed: list[int] = []
 

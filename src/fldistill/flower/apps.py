@@ -134,7 +134,7 @@ def make_server_app(cfg_json: str | None = None, out: str | None = None, *, quie
         out_dir = Path(_run_config_value(context, OUT_KEY, out))
         torch.set_num_threads(cfg.flower.threads)
         try:
-            nodes = discover_nodes(grid, cfg.clients, cfg.flower.connect_timeout_s)
+            nodes = discover_nodes(grid, cfg.clients, cfg.flower.connect_timeout_s, cfg.flower.timeout_s)
             made: list[FlowerComm] = []
 
             def comm_factory(ledger, fed, model, local, seed):  # type: ignore[no-untyped-def]

@@ -68,11 +68,11 @@ def exchange(grid: Grid, msgs: list[Message], timeout_s: float) -> list[Message]
     return out
 
 
-def discover_nodes(grid: Grid, n_clients: int, timeout_s: float) -> dict[int, int]:
+def discover_nodes(grid: Grid, n_clients: int, timeout_s: float, reply_timeout_s: float) -> dict[int, int]:
     """Map each client id (a node's ``partition-id``) to the Flower node serving it.
 
-    Waits up to ``timeout_s`` for ``n_clients`` nodes to connect, then asks each for its
-    partition id.
+    Waits up to ``timeout_s`` for ``n_clients`` nodes to connect, then up to
+    ``reply_timeout_s`` for each to tell its partition id.
 
     Raises
     ------
@@ -91,7 +91,7 @@ def discover_nodes(grid: Grid, n_clients: int, timeout_s: float) -> dict[int, in
             f"SuperNode per client with --node-config 'partition-id=<0..{n_clients - 1}>' or raise flower.connect_timeout_s"
         )
     msgs = [Message(RecordDict({"hello": ConfigRecord({})}), dst_node_id=n, message_type=HELLO) for n in nodes]
-    replies = exchange(grid, msgs, max(deadline - time.monotonic(), 30.0))
+    replies = exchange(grid, msgs, reply_timeout_s)
     out: dict[int, int] = {}
     for m in replies:
         if m.has_error():
