@@ -28,3 +28,23 @@ def test_flower_commands_fail_fast_on_bad_config(tmp_path: Path, capsys) -> None
     assert main(["flower", "local", "--method", "nope", "--out", str(tmp_path / "r")]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_core_never_imports_flwr() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fldistill.cli, fldistill.engine.runner; fldistill.cli.make_parser(); "
+        "from fldistill.methods import all_methods; all_methods(); "
+        "sys.exit(int(any(m.split('.')[0] == 'flwr' for m in sys.modules)))"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_missing_flower_says_how_to_install(monkeypatch, capsys) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "flwr", None)  # import flwr now raises ImportError
+    assert main(["flower", "sim", "--dataset", "digits"]) == 2
+    assert 'pip install "fldistill[flower]"' in capsys.readouterr().err

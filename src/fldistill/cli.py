@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.fn(args))
     except FLDistillError as err:
-        err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        from rich.markup import escape  # messages hold brackets ("fldistill[flower]") that are not markup
+
+        err_console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt as err:
         err_console.print(str(err) or "interrupted", soft_wrap=True)
