@@ -8,6 +8,8 @@ tests take a minute or two.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 pytest.importorskip("flwr")
 
 from fldistill.engine.runner import Runner  # noqa: E402
-from fldistill.flower.local import LocalDeployment, alive, descendants  # noqa: E402
+from fldistill.flower.local import LocalDeployment, TLSFiles, alive, descendants  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -108,3 +110,21 @@ def test_loopback_dropout_lost_head(tmp_path: Path, make_cfg) -> None:
     assert s["status"] == "completed" and [r["round"] for r in recs] == [0, 1, 2]
     assert recs[1]["missing"] == [] and recs[2]["missing"] == killed and recs[2]["lost_heads"] == 1
     assert s["flower"]["missing_by_round"][2] == killed
+
+
+@pytest.mark.skipif(not (shutil.which("openssl") and shutil.which("ssh-keygen")), reason="needs openssl and ssh-keygen")
+def test_loopback_tls_and_node_authentication(tmp_path: Path, make_cfg) -> None:
+    """TLS with the script's certificates; only registered SuperNodes may join."""
+    certs = tmp_path / "certs"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "flower_certs.sh"
+    subprocess.run(["bash", str(script), str(certs), "--node-keys", "3"], check=True, capture_output=True)
+    cfg = make_cfg(clients=2, rounds=1)
+    Runner(cfg, tmp_path / "ref", quiet=True).run()
+    tls = TLSFiles(certs / "ca.crt", certs / "server.pem", certs / "server.key")
+    with LocalDeployment(2, tmp_path / "deploy", tls=tls, node_keys=certs) as dep:
+        intruder = dep.start_node(1, private_key=certs / "node-2")  # a key nobody registered
+        dep.submit(cfg, tmp_path / "tls", timeout_s=600)
+        assert intruder.wait(timeout=120) != 0, "an unregistered SuperNode was let in"
+        log = (dep.workdir / "logs" / "superlink.log").read_text()
+    assert "running on https://" in log
+    _assert_same_run(tmp_path / "ref", tmp_path / "tls")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -49,13 +50,15 @@ def row(engine: str, s: dict, total_s: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(1)  # as the Flower nodes run (flower.threads), so numbers compare
     work = Path(tempfile.mkdtemp(prefix="fldistill-flower-bench-"))
     rows = []
     try:
         cfgs = configs(args.clients, args.rounds)
+        for name, cfg in cfgs.items():  # warm-up: imports, dataset cache
+            Runner(cfg, work / f"warm-{name}", quiet=True).run()
         for name, cfg in cfgs.items():
             t = time.perf_counter()
             rows.append(row("in-process", Runner(cfg, work / f"inproc-{name}", quiet=True).run(), time.perf_counter() - t))
@@ -74,10 +77,14 @@ def main() -> None:
         r["same_accuracy"] = abs(r["final_accuracy"] - ref[r["method"]]["final_accuracy"]) <= 1e-5
         r["same_bits"] = r["bits"] == ref[r["method"]]["bits"]
     meta = {"clients": args.clients, "rounds": args.rounds, "dataset": "digits classes:2", "machine": platform.processor() or platform.machine(),
-            "cpus": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M")}
+            "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average_1m_at_end": round(os.getloadavg()[0], 1), "date": time.strftime("%Y-%m-%d %H:%M")}
     (HERE / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [
         f"# fldistill on Flower vs in-process ({meta['dataset']}, {args.clients} clients, {args.rounds} rounds, seed 1)", "",
+        f"Measured {meta['date']} on {meta['cpu_cores']} shared CPU cores (1-min load average {meta['load_average_1m_at_end']} at the end),",
+        "torch 1 thread everywhere, Flower 1.41, all engines in one run of `PYTHONPATH=src python benchmarks/flower/bench.py`.",
+        "s/round excludes setup (round 0: HFLDD's clustering and distillation; Flower's node discovery).", "",
         "| engine | method | final acc | same acc | ledger bits | same bits | relay bits | setup s | s/round | x in-process |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]

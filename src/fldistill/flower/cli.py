@@ -25,6 +25,7 @@ def add_flower_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
     add_config_flags(lo)
     lo.add_argument("--workdir", help="logs and Flower home (default <out>.flower)")
     lo.add_argument("--tls", metavar="CERT_DIR", help="use TLS with the files of scripts/flower_certs.sh (ca.crt, server.pem, server.key)")
+    lo.add_argument("--node-auth", action="store_true", help="with --tls: SuperNode authentication with CERT_DIR/node-I keys (flower_certs.sh --node-keys N)")
     lo.set_defaults(fn=cmd_local)
 
     a = fs.add_parser("app", help="write a Flower app folder for `flwr run APP_DIR CONNECTION` on a running SuperLink")
@@ -78,8 +79,13 @@ def cmd_local(args: argparse.Namespace) -> int:
                 from fldistill.errors import ConfigError
 
                 raise ConfigError(f"--tls: {p} not found; make the files with scripts/flower_certs.sh {d}")
+    if args.node_auth and tls is None:
+        from fldistill.errors import ConfigError
+
+        raise ConfigError("--node-auth needs --tls CERT_DIR (with node-I keys from scripts/flower_certs.sh --node-keys N)")
+    keys = Path(args.tls) if args.node_auth else None
     work = Path(args.workdir) if args.workdir else out.with_name(out.name + ".flower")
-    with LocalDeployment(cfg.clients, work, tls=tls) as dep:
+    with LocalDeployment(cfg.clients, work, tls=tls, node_keys=keys) as dep:
         s = dep.submit(cfg, out)
     _report(s, out)
     return 0

@@ -87,16 +87,24 @@ class LocalDeployment:
         Logs, Flower's home (``FLWR_HOME``: installed apps, the CLI connection), apps.
     tls : TLSFiles, optional
         Run with TLS (see ``scripts/flower_certs.sh``); default insecure.
+    node_keys : Path, optional
+        With TLS: enable SuperNode authentication; the folder holds ``node-I`` (private)
+        and ``node-I.pub`` for each node I (``scripts/flower_certs.sh --node-keys N``).
+        Each public key is registered with the SuperLink before its node starts.
     """
 
-    def __init__(self, n_nodes: int, workdir: str | Path, *, tls: TLSFiles | None = None) -> None:
+    def __init__(self, n_nodes: int, workdir: str | Path, *, tls: TLSFiles | None = None, node_keys: str | Path | None = None) -> None:
         if n_nodes < 1:
             raise ConfigError(f"a deployment needs at least one SuperNode (got {n_nodes})")
+        if node_keys is not None and tls is None:
+            raise ConfigError("SuperNode authentication needs TLS: pass the certificates too")
         self.n_nodes, self.tls = n_nodes, tls
+        self.node_keys = Path(node_keys).resolve() if node_keys is not None else None
         self.workdir = Path(workdir).resolve()
         self.port = free_port()
         self.superlink: subprocess.Popen[bytes] | None = None
         self.nodes: dict[int, subprocess.Popen[bytes]] = {}
+        self.extra: list[subprocess.Popen[bytes]] = []
         self.env = dict(os.environ)
         self.env["FLWR_HOME"] = str(self.workdir / "flwr-home")
         # SuperExec looks for new tasks every second by default; on loopback that is most
@@ -123,14 +131,27 @@ class LocalDeployment:
         home.mkdir(parents=True, exist_ok=True)
         link = [_bin("flower-superlink"), "--port", str(self.port), "--disable-runtime-dependency-installation"]
         link += self._tls_server_args()
+        if self.node_keys is not None:
+            link.append("--enable-supernode-auth")
         self.superlink = self._spawn(link, "superlink.log")
         conn = f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "{self.address}"\n'
         conn += f'root-certificates = "{self.tls.ca}"\n' if self.tls else "insecure = true\n"
         (home / "config.toml").write_text(conn)
         self._wait_for_port(60.0)
         for pid in range(self.n_nodes):
+            if self.node_keys is not None:
+                self.register_node(self.node_keys / f"node-{pid}.pub")
             self.start_node(pid)
         return self
+
+    def register_node(self, public_key: Path) -> None:
+        """Allow the SuperNode holding ``public_key``'s private key to join (node authentication)."""
+        res = subprocess.run(
+            [_bin("flwr"), "supernode", "register", str(public_key), "local"],
+            env=self.env, cwd=self.workdir, capture_output=True, text=True, timeout=120,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"registering {public_key} failed: {res.stdout.strip()} {res.stderr.strip()}")
 
     def _wait_for_port(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -149,12 +170,22 @@ class LocalDeployment:
             return ["--insecure"]
         return ["--ssl-ca-certfile", str(self.tls.ca), "--ssl-certfile", str(self.tls.cert), "--ssl-keyfile", str(self.tls.key)]
 
-    def start_node(self, partition_id: int) -> None:
-        """Start the SuperNode serving client ``partition_id``."""
+    def start_node(self, partition_id: int, private_key: Path | None = None) -> subprocess.Popen[bytes]:
+        """Start a SuperNode serving client ``partition_id`` (with node authentication:
+        signing with ``private_key``, by default ``node_keys/node-<partition_id>``)."""
         cmd = [_bin("flower-supernode"), "--superlink", self.address, "--port", str(free_port())]
         cmd += ["--root-certificates", str(self.tls.ca)] if self.tls else ["--insecure"]
         cmd += ["--node-config", f"partition-id={partition_id} num-partitions={self.n_nodes}"]
-        self.nodes[partition_id] = self._spawn(cmd, f"supernode-{partition_id}.log")
+        if private_key is None and self.node_keys is not None:
+            private_key = self.node_keys / f"node-{partition_id}"
+        if private_key is not None:
+            cmd += ["--auth-supernode-private-key", str(private_key)]
+        proc = self._spawn(cmd, f"supernode-{partition_id}-{len(self.extra) + len(self.nodes)}.log")
+        if partition_id in self.nodes:
+            self.extra.append(proc)  # a second node for the same client (e.g. an intruder in a test)
+        else:
+            self.nodes[partition_id] = proc
+        return proc
 
     def kill_node(self, partition_id: int) -> None:
         """Kill a SuperNode abruptly (SIGKILL), as a crash or a pulled cable would."""
@@ -208,7 +239,7 @@ class LocalDeployment:
 
     def stop(self) -> None:
         """Stop every process started here, SuperNodes first, each by its id."""
-        procs = [*self.nodes.values(), *([self.superlink] if self.superlink else [])]
+        procs = [*self.nodes.values(), *self.extra, *([self.superlink] if self.superlink else [])]
         kids = [k for p in procs if p.poll() is None for k in descendants(p.pid)]
         for p in procs:
             if p.poll() is None:
@@ -225,7 +256,7 @@ class LocalDeployment:
         while time.monotonic() < deadline and any(alive(k) for k in kids):
             time.sleep(0.25)
         self._kill_pids([k for k in kids if alive(k)], signal.SIGKILL)
-        self.nodes, self.superlink = {}, None
+        self.nodes, self.extra, self.superlink = {}, [], None
 
     def __enter__(self) -> "LocalDeployment":
         return self.start()
