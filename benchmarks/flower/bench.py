@@ -47,11 +47,36 @@ def row(engine: str, s: dict, total_s: float) -> dict:
     }
 
 
+def write_md(meta: dict, rows: list[dict], clients: int, rounds: int) -> None:
+    """results.md from the measured rows."""
+    lines = [
+        f"# fldistill on Flower vs in-process ({meta['dataset']}, {clients} clients, {rounds} rounds, seed 1)", "",
+        f"Measured {meta['date']} on {meta['cpu_cores']} shared CPU cores (1-min load average {meta['load_average_1m_at_end']} at the end),",
+        "torch 1 thread everywhere, Flower 1.41, all engines in one run of `PYTHONPATH=src python benchmarks/flower/bench.py`.",
+        "s/round excludes setup (round 0: HFLDD's clustering and distillation); total s adds Flower's start-up",
+        "(Ray, or `flwr run` and node discovery; the deployment's SuperLink and SuperNodes start once for both methods).", "",
+        "| engine | method | final acc | same acc | ledger bits | same bits | relay bits | setup s | s/round | x in-process | total s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['engine']} | {r['method']} | {r['final_accuracy']:.4f} | {r['same_accuracy']} | {r['total_bits']:,} | {r['same_bits']} | "
+            f"{r['relay_bits']:,} | {r['setup_s']} | {r['seconds_per_round']} | {r['seconds_per_round_vs_inprocess']} | {r['total_s']} |"
+        )
+    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--md-only", action="store_true", help="rewrite results.md from results.json")
     args = ap.parse_args()
+    if args.md_only:
+        doc = json.loads((HERE / "results.json").read_text())
+        write_md(doc["meta"], doc["rows"], doc["meta"]["clients"], doc["meta"]["rounds"])
+        return
     torch.set_num_threads(1)  # as the Flower nodes run (flower.threads), so numbers compare
     work = Path(tempfile.mkdtemp(prefix="fldistill-flower-bench-"))
     rows = []
@@ -80,21 +105,7 @@ def main() -> None:
             "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "load_average_1m_at_end": round(os.getloadavg()[0], 1), "date": time.strftime("%Y-%m-%d %H:%M")}
     (HERE / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = [
-        f"# fldistill on Flower vs in-process ({meta['dataset']}, {args.clients} clients, {args.rounds} rounds, seed 1)", "",
-        f"Measured {meta['date']} on {meta['cpu_cores']} shared CPU cores (1-min load average {meta['load_average_1m_at_end']} at the end),",
-        "torch 1 thread everywhere, Flower 1.41, all engines in one run of `PYTHONPATH=src python benchmarks/flower/bench.py`.",
-        "s/round excludes setup (round 0: HFLDD's clustering and distillation; Flower's node discovery).", "",
-        "| engine | method | final acc | same acc | ledger bits | same bits | relay bits | setup s | s/round | x in-process |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['engine']} | {r['method']} | {r['final_accuracy']:.4f} | {r['same_accuracy']} | {r['total_bits']:,} | {r['same_bits']} | "
-            f"{r['relay_bits']:,} | {r['setup_s']} | {r['seconds_per_round']} | {r['seconds_per_round_vs_inprocess']} |"
-        )
-    (HERE / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_md(meta, rows, args.clients, args.rounds)
 
 
 if __name__ == "__main__":
