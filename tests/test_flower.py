@@ -1,8 +1,8 @@
 """fldistill on Flower: same accuracy and ledger as in-process, in both Flower runtimes.
 
-The loopback tests start a real SuperLink and 4 SuperNodes as processes and stop them
-by process id. Flower's deployment runtime starts one process per message, so these
-tests take a minute or two.
+The loopback tests share one real deployment (a SuperLink and 4 SuperNodes as
+processes, with TLS and SuperNode authentication) and stop it by process id. Flower's
+deployment runtime starts one process per message, so they take minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -62,30 +62,51 @@ def test_simulation_runtime_matches_inprocess(tmp_path: Path, make_cfg) -> None:
     assert set(s["flower"]["nodes"]) == {"0", "1", "2", "3"}
 
 
-def test_loopback_deployment_matches_inprocess(tmp_path: Path, make_cfg) -> None:
+@pytest.fixture(scope="module")
+def secure_deployment(tmp_path_factory):
+    """SuperLink + 4 SuperNodes with TLS and node authentication (keys from scripts/flower_certs.sh)."""
+    if not (shutil.which("openssl") and shutil.which("ssh-keygen")):
+        pytest.skip("needs openssl and ssh-keygen")
+    root = tmp_path_factory.mktemp("flower")
+    certs = root / "certs"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "flower_certs.sh"
+    subprocess.run(["bash", str(script), str(certs), "--node-keys", "5"], check=True, capture_output=True)
+    dep = LocalDeployment(4, root / "deploy", tls=TLSFiles(certs / "ca.crt", certs / "server.pem", certs / "server.key"), node_keys=certs)
+    try:
+        dep.start()
+        dep.certs = certs  # type: ignore[attr-defined]
+        yield dep
+    finally:
+        pids = [p.pid for p in [*dep.nodes.values(), *dep.extra, *([dep.superlink] if dep.superlink else [])]]
+        pids += [k for p in pids for k in descendants(p)]
+        dep.stop()
+        assert pids and not [p for p in pids if alive(p)], "a Flower process outlived stop()"
+
+
+def test_loopback_deployment_matches_inprocess(secure_deployment: LocalDeployment, tmp_path: Path, make_cfg) -> None:
+    """FedAvg and HFLDD on a real TLS deployment: same accuracy and ledger; intruders are refused."""
+    dep = secure_deployment
+    intruder = dep.start_node(1, private_key=dep.certs / "node-4")  # type: ignore[attr-defined]  # a key nobody registered
     fed_cfg, hf_cfg = _fedavg(make_cfg), _hfldd(make_cfg)
     Runner(fed_cfg, tmp_path / "ref-fedavg", quiet=True).run()
     Runner(hf_cfg, tmp_path / "ref-hfldd", quiet=True).run()
-    dep = LocalDeployment(4, tmp_path / "deploy")
-    pids: list[int] = []
-    try:
-        dep.start()
-        pids = [p.pid for p in dep.nodes.values()] + [dep.superlink.pid]
-        dep.submit(fed_cfg, tmp_path / "fedavg", timeout_s=600)
-        s = dep.submit(hf_cfg, tmp_path / "hfldd", timeout_s=600)
-        pids += [k for p in pids for k in descendants(p)]
-    finally:
-        dep.stop()
+    dep.submit(fed_cfg, tmp_path / "fedavg", timeout_s=600)
+    s = dep.submit(hf_cfg, tmp_path / "hfldd", timeout_s=600)
     _assert_same_run(tmp_path / "ref-fedavg", tmp_path / "fedavg")
     _assert_same_run(tmp_path / "ref-hfldd", tmp_path / "hfldd")
     # the members' data reached the heads through the server: counted once as D2D, plus the relay
     assert s["bits"]["client->client"] > 0 and s["flower"]["relay_bits"] == s["bits"]["client->client"]
-    assert pids and not [p for p in pids if alive(p)], "a Flower process outlived stop()"
+    assert intruder.wait(timeout=120) != 0, "an unregistered SuperNode was let in"
+    assert "running on https://" in (dep.workdir / "logs" / "superlink.log").read_text()
 
 
-def test_loopback_dropout_lost_head(tmp_path: Path, make_cfg) -> None:
-    """Kill the SuperNode of an HFLDD head after round 1: the run completes without it."""
-    cfg = _hfldd(make_cfg, flower={"timeout_s": 60})
+def test_loopback_dropout_lost_head(secure_deployment: LocalDeployment, tmp_path: Path, make_cfg) -> None:
+    """Kill the SuperNode of an HFLDD head after round 1: the run completes without it.
+
+    Runs after the equality test on the same deployment (it leaves a node dead).
+    """
+    dep = secure_deployment
+    cfg = _hfldd(make_cfg, flower={"timeout_s": 30})
     out = tmp_path / "hfldd"
     killed: list[int] = []
 
@@ -100,31 +121,12 @@ def test_loopback_dropout_lost_head(tmp_path: Path, make_cfg) -> None:
                 return
             time.sleep(0.2)
 
-    with LocalDeployment(4, tmp_path / "deploy") as dep:
-        watcher = threading.Thread(target=kill_a_head, args=(dep,), daemon=True)
-        watcher.start()
-        s = dep.submit(cfg, out, timeout_s=600)
-        watcher.join(timeout=5)
+    watcher = threading.Thread(target=kill_a_head, args=(dep,), daemon=True)
+    watcher.start()
+    s = dep.submit(cfg, out, timeout_s=600)
+    watcher.join(timeout=5)
     assert killed, "the head was never killed"
     recs = _records(out)
     assert s["status"] == "completed" and [r["round"] for r in recs] == [0, 1, 2]
     assert recs[1]["missing"] == [] and recs[2]["missing"] == killed and recs[2]["lost_heads"] == 1
     assert s["flower"]["missing_by_round"][2] == killed
-
-
-@pytest.mark.skipif(not (shutil.which("openssl") and shutil.which("ssh-keygen")), reason="needs openssl and ssh-keygen")
-def test_loopback_tls_and_node_authentication(tmp_path: Path, make_cfg) -> None:
-    """TLS with the script's certificates; only registered SuperNodes may join."""
-    certs = tmp_path / "certs"
-    script = Path(__file__).resolve().parents[1] / "scripts" / "flower_certs.sh"
-    subprocess.run(["bash", str(script), str(certs), "--node-keys", "3"], check=True, capture_output=True)
-    cfg = make_cfg(clients=2, rounds=1)
-    Runner(cfg, tmp_path / "ref", quiet=True).run()
-    tls = TLSFiles(certs / "ca.crt", certs / "server.pem", certs / "server.key")
-    with LocalDeployment(2, tmp_path / "deploy", tls=tls, node_keys=certs) as dep:
-        intruder = dep.start_node(1, private_key=certs / "node-2")  # a key nobody registered
-        dep.submit(cfg, tmp_path / "tls", timeout_s=600)
-        assert intruder.wait(timeout=120) != 0, "an unregistered SuperNode was let in"
-        log = (dep.workdir / "logs" / "superlink.log").read_text()
-    assert "running on https://" in log
-    _assert_same_run(tmp_path / "ref", tmp_path / "tls")
