@@ -127,11 +127,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fldistill", description="Federated learning on non-IID clients with distillation and clustering.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-
-    r = sub.add_parser("run", help="run one experiment into a run folder")
+def add_config_flags(r: argparse.ArgumentParser) -> None:
+    """The experiment flags of ``run`` (and ``flower`` commands): see :func:`build_config`."""
     r.add_argument("--config", help="TOML file with config keys (see docs/config.md)")
     r.add_argument("--method")
     r.add_argument("--dataset")
@@ -144,9 +141,21 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--device")
     r.add_argument("--out", help="run folder (default runs/<method>-<dataset>-<partition>-n<N>-s<seed>)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. local.lr=0.1 or params.mu=0.01")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fldistill", description="Federated learning on non-IID clients with distillation and clustering.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run one experiment into a run folder")
+    add_config_flags(r)
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(fn=cmd_run)
+
+    from fldistill.flower.cli import add_flower_parser  # argparse only: flwr is imported when a command runs
+
+    add_flower_parser(sub)
 
     c = sub.add_parser("compare", help="compare run folders: table + overlay plots")
     c.add_argument("runs", nargs="+")
@@ -174,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.fn(args))
     except FLDistillError as err:
-        err_console.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        from rich.markup import escape  # messages hold brackets ("fldistill[flower]") that are not markup
+
+        err_console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt as err:
         err_console.print(str(err) or "interrupted", soft_wrap=True)

@@ -64,6 +64,21 @@ class PublicConfig(_Strict):
     size: int = Field(1000, ge=1)
 
 
+class FlowerConfig(_Strict):
+    """The Flower engine's options (``fldistill flower ...``); in-process runs ignore them.
+
+    ``timeout_s``: how long the server waits for the replies to one call; clients that
+    have not answered by then are recorded as missing and the round goes on without
+    them. ``connect_timeout_s``: how long it waits, before round 0, for every partition
+    to be served by a node. ``threads``: torch threads per client task (1 keeps several
+    nodes on one machine from oversubscribing it, and numbers comparable).
+    """
+
+    timeout_s: float = Field(300.0, gt=0)
+    connect_timeout_s: float = Field(120.0, gt=0)
+    threads: int = Field(1, ge=1)
+
+
 class RunConfig(_Strict):
     """Everything that defines a run."""
 
@@ -83,6 +98,7 @@ class RunConfig(_Strict):
     local: LocalConfig = Field(default_factory=LocalConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     public: PublicConfig = Field(default_factory=PublicConfig)
+    flower: FlowerConfig = Field(default_factory=FlowerConfig)
     params: dict[str, Any] = Field(default_factory=dict, description="method-specific parameters")
     eval_batch_size: int = Field(4096, ge=1)
     device: str = "cpu"

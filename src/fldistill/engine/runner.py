@@ -37,6 +37,7 @@ from fldistill.models import build_model, default_model_for
 from fldistill.seeding import seed_for
 
 CHECKPOINT = "checkpoint/state.safetensors"
+CommFactory = Callable[..., InProcessComm]
 
 
 def method_params(cfg: RunConfig) -> BaseModel:
@@ -83,6 +84,29 @@ def validate(cfg: RunConfig) -> None:
         raise DataError(f"dataset '{cfg.dataset}' is read from disk: pass --data-dir ({info.description})")
 
 
+def federation_for(cfg: RunConfig) -> Federation:
+    """The run's federation: every engine (and every Flower node) builds the same one."""
+    params = method_params(cfg)
+    return build_federation(
+        cfg.dataset,
+        cfg.partition,
+        cfg.clients,
+        cfg.seed,
+        data_dir=cfg.data_dir,
+        dataset_size=cfg.dataset_size,
+        local_test_fraction=cfg.local_test_fraction,
+        public_source=cfg.public.source if get_method(cfg.method).uses_public(params) else None,
+        public_size=cfg.public.size,
+        device=torch.device(cfg.device),
+    )
+
+
+def model_for(cfg: RunConfig, fed: Federation) -> torch.nn.Module:
+    """The seeded initial model (also the reusable worker module of the clients)."""
+    torch.manual_seed(seed_for(cfg.seed, "init"))
+    return build_model(resolve_model_name(cfg), fed.input_shape, fed.n_classes).to(torch.device(cfg.device))
+
+
 def _read_records(path: Path) -> list[dict[str, Any]]:
     """Metrics records; a line cut short by a kill is dropped (the checkpoint predates it)."""
     out = []
@@ -113,10 +137,25 @@ class Runner:
         Continue from the folder's last checkpoint.
     quiet : bool
         No progress bars or per-round lines.
+    comm_factory : callable, optional
+        ``(ledger, fed, model, local, seed) -> transport`` with :class:`InProcessComm`'s
+        interface (default: InProcessComm). A transport may also have ``round_report()``,
+        whose entries (e.g. clients that did not answer) go into each metrics record.
     """
 
-    def __init__(self, cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, quiet: bool = False, console: Console | None = None) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        out_dir: str | Path,
+        *,
+        resume: bool = False,
+        quiet: bool = False,
+        console: Console | None = None,
+        comm_factory: CommFactory | None = None,
+    ) -> None:
         self.out = Path(out_dir)
+        # Another transport (Flower) with InProcessComm's interface; the round loop stays here.
+        self.comm_factory: CommFactory = comm_factory or InProcessComm
         self.resume = resume
         self.quiet = quiet
         self.console = console or Console(stderr=True)
@@ -167,24 +206,11 @@ class Runner:
         cfg = self.cfg
         cls = get_method(cfg.method)
         params = method_params(cfg)
-        device = torch.device(cfg.device)
-        fed: Federation = build_federation(
-            cfg.dataset,
-            cfg.partition,
-            cfg.clients,
-            cfg.seed,
-            data_dir=cfg.data_dir,
-            dataset_size=cfg.dataset_size,
-            local_test_fraction=cfg.local_test_fraction,
-            public_source=cfg.public.source if cls.uses_public(params) else None,
-            public_size=cfg.public.size,
-            device=device,
-        )
-        torch.manual_seed(seed_for(cfg.seed, "init"))
-        model = build_model(resolve_model_name(cfg), fed.input_shape, fed.n_classes).to(device)
+        fed = federation_for(cfg)
+        model = model_for(cfg, fed)
         self.fed, self.model = fed, model
         self.ledger = Ledger(cfg.ledger.b1, cfg.ledger.b2, cfg.ledger.label_bits)
-        self.comm = InProcessComm(self.ledger, fed, model, cfg.local, cfg.seed)
+        self.comm = self.comm_factory(self.ledger, fed, model, cfg.local, cfg.seed)
         ctx = RunContext(cfg, fed, self.comm, model, get_state(model), self.progress, self.out)
         return cls(ctx, params)
 
@@ -237,6 +263,9 @@ class Runner:
         for k, v in extra.items():
             if isinstance(v, (int, float, str, bool)) or v is None:
                 rec[k] = v
+        report = getattr(self.comm, "round_report", None)
+        if report is not None:
+            rec.update(report())
         return rec
 
     def _check(self, t: int, rec: dict[str, Any], ref_loss: float) -> None:

@@ -40,6 +40,7 @@ class FedAvg(Method):
         base = self.model_payload().with_meta(round=t, objective=name, objective_args=args)
         bar = self.ctx.progress(f"round {t}: local training", len(clients))
         replies = self.comm.call(self.task, self.requests(t, clients, base), phase="train", progress=bar)
-        self.set_global(self.average(replies))
+        if replies:  # every sampled client lost (a Flower run): keep the model
+            self.set_global(self.average(replies))
         extra = self.after_replies(t, replies)
         return {"train_loss": self.mean_meta(replies, "loss"), "participants": len(clients), **extra}

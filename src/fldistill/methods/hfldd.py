@@ -82,6 +82,10 @@ class HFLDDParams(ClusteringParams):
     distiller: Literal["kip", "dm", "random", "none"] = "kip"
     distill_size: int = Field(400, ge=1, description="|D~_i|, capped at the member's sample count")
     distill_params: dict[str, Any] = Field(default_factory=dict, description="KIPConfig/DMConfig fields, or preset='fast'")
+    # What to do when a head does not answer in a round (a lost Flower node): "skip" its
+    # cluster that round (it may come back), or "reassign": skip it, then make a seeded
+    # random live member the head, to which the other members send their data again.
+    on_lost_head: Literal["skip", "reassign"] = "skip"
 
 
 @task("soft_labels")
@@ -132,18 +136,22 @@ def heterogeneous_clusters(method: Method, p: ClusteringParams) -> Clustering:
     pre = {"unit": p.pretrain_unit, "amount": p.pretrain_epochs, "lr": p.pretrain_lr, "momentum": p.pretrain_momentum, "batch_size": p.pretrain_batch}
     req = method.model_payload().with_meta(local=pre)
     replies = method.comm.call("soft_labels", {c: req for c in range(n)}, phase="soft_labels", progress=method.ctx.progress("soft labels", n))
-    soft = torch.stack([replies[c].tensors["soft"] for c in range(n)])
+    # A client that did not answer (a lost Flower node) is left out of the clustering.
+    present = sorted(replies)
+    if not present:
+        raise RuntimeError("HFLDD: no client answered the soft-label collection; nothing to cluster")
+    soft = torch.stack([replies[c].tensors["soft"] for c in present])
     times["soft_labels_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     M = kl_matrix(soft)
-    k = min(p.k, n)
+    k = min(p.k, len(present))
     homog = kmeans_rows(M.cpu().numpy(), k, method.cfg.seed)
     rng = np_rng(method.cfg.seed, "hfldd-clusters")
-    clusters = cluster_sampling(homog, rng)
+    clusters = [[present[i] for i in c] for c in cluster_sampling(homog, rng)]
     heads = choose_heads(clusters, rng)
     times["clustering_s"] = time.perf_counter() - t0
     counts = fed.label_counts()
-    pur = purity(homog, [frozenset(np.flatnonzero(row).tolist()) for row in counts])
+    pur = purity(homog, [frozenset(np.flatnonzero(counts[c]).tolist()) for c in present])
     return Clustering(homog, clusters, heads, k, pur, label_coverage(clusters, heads, counts), M, times)
 
 
@@ -160,6 +168,7 @@ class HFLDD(Method):
         super().__init__(ctx, params)
         self.heads: list[int] = []
         self.clusters: list[list[int]] = []
+        self.lost: set[int] = set()  # heads that failed to answer in some round
 
     def setup(self) -> dict[str, Any]:
         p: HFLDDParams = self.params
@@ -203,17 +212,37 @@ class HFLDD(Method):
     def round(self, t: int) -> dict[str, Any]:
         req = self.model_payload().with_meta(round=t, use_inbox=True)
         replies = self.comm.call("train", {h: req for h in self.heads}, phase="train", progress=self.ctx.progress(f"round {t}: heads", len(self.heads)))
-        self.set_global(self.average(replies))
-        return {"train_loss": self.mean_meta(replies, "loss")}
+        if replies:  # clusters whose head did not answer sit this round out
+            self.set_global(self.average(replies))
+        lost = [h for h in self.heads if h not in replies]
+        self.lost.update(lost)
+        if lost and self.params.on_lost_head == "reassign":
+            self._reassign(t, lost)
+        return {"train_loss": self.mean_meta(replies, "loss"), "lost_heads": len(lost)}
+
+    def _reassign(self, t: int, lost: list[int]) -> None:
+        """Replace each lost head by a live member, which receives the members' data again."""
+        p: HFLDDParams = self.params
+        dreq = Payload(meta={"distiller": p.distiller, "size": p.distill_size, "params": p.distill_params})
+        for i, (cl, h) in enumerate(zip(self.clusters, self.heads)):
+            cand = [m for m in cl if m not in self.lost]
+            if h not in lost or not cand:
+                continue
+            new = int(np_rng(self.cfg.seed, "hfldd-reassign", t, h).choice(cand))
+            self.heads[i] = new
+            route = {m: new for m in cand if m != new}
+            if route:
+                self.comm.call("distill", {m: dreq for m in route}, phase="distill", reply_to=route)
 
     def summary_extra(self) -> dict[str, Any]:
         return {"hfldd": getattr(self, "_setup_info", {}), "heads": self.heads}
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, meta = super().state_dict()
-        meta.update(heads=self.heads, clusters=self.clusters, setup_info=getattr(self, "_setup_info", {}))
+        meta.update(heads=self.heads, clusters=self.clusters, setup_info=getattr(self, "_setup_info", {}), lost=sorted(self.lost))
         return tensors, meta
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         super().load_state_dict(tensors, meta)
         self.heads, self.clusters, self._setup_info = meta["heads"], meta["clusters"], meta["setup_info"]
+        self.lost = set(meta.get("lost", []))

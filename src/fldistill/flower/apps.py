@@ -1,0 +1,187 @@
+"""The Flower apps: a ServerApp that runs the method through the shared Runner, and a
+ClientApp that serves every registered client task.
+
+The ServerApp never copies the round loop: it builds :class:`~fldistill.engine.runner.Runner`
+with a :class:`~fldistill.flower.comm.FlowerComm` instead of the in-process transport.
+The ClientApp registers one handler per task (message type ``train.<task>``), builds the
+same :class:`~fldistill.data.federation.Federation` from the run config as every other
+node and the server (deterministic in the config and seed), and serves the client whose
+id is its node's ``partition-id``. Its store and inbox persist in Flower's
+``context.state``.
+
+The experiment config travels as the run-config key ``fldistill-config`` (the resolved
+config as JSON; :func:`write_app` puts it in the app's ``pyproject.toml``) or, in the
+simulation runtime, in the app objects themselves. The ServerApp writes the run folder
+named by the run-config key ``out``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from fldistill.config import RunConfig, parse_config
+from fldistill.data.federation import Federation
+from fldistill.engine.comm import TASKS, ClientContext
+from fldistill.errors import ConfigError
+from fldistill.flower.codec import get_inbox, get_payload, has_payload, put_inbox, put_payload
+from fldistill.flower.comm import FlowerComm, discover_nodes
+from fldistill.ledger import Kind, Payload
+
+log = logging.getLogger("fldistill.flower")
+
+CONFIG_KEY = "fldistill-config"
+OUT_KEY = "out"
+
+# One federation per config per process: the simulation runtime reuses its workers, so
+# a node builds its data once; the deployment runtime starts a process per message, which
+# loads the federation from the node's disk cache (fldistill.flower.nodecache).
+_NODE_CACHE: dict[str, tuple[RunConfig, Federation, torch.nn.Module]] = {}
+
+
+def _run_config_value(context: Context, key: str, given: str | None) -> str:
+    if given is not None:
+        return given
+    if key not in context.run_config:
+        raise ConfigError(f"the Flower run config has no '{key}'; build the app with `fldistill flower app`")
+    return str(context.run_config[key])
+
+
+def _node_objects(cfg_json: str) -> tuple[RunConfig, Federation, torch.nn.Module]:
+    hit = _NODE_CACHE.get(cfg_json)
+    if hit is None:
+        from fldistill.engine.runner import model_for
+        from fldistill.flower.nodecache import node_federation
+
+        cfg = parse_config(json.loads(cfg_json))
+        fed = node_federation(cfg)
+        hit = _NODE_CACHE[cfg_json] = (cfg, fed, model_for(cfg, fed))
+    return hit
+
+
+def _partition_id(context: Context) -> int:
+    if "partition-id" not in context.node_config:
+        raise ConfigError("this SuperNode has no partition-id; start it with --node-config 'partition-id=<client id>'")
+    return int(context.node_config["partition-id"])
+
+
+def make_client_app(cfg_json: str | None = None) -> ClientApp:
+    """The ClientApp serving every registered fldistill task.
+
+    Parameters
+    ----------
+    cfg_json : str, optional
+        The resolved run config as JSON; default: the run config's ``fldistill-config``.
+    """
+    from fldistill.methods import all_methods
+
+    all_methods()  # importing the methods registers their tasks
+    app = ClientApp()
+
+    @app.query("fldistill_hello")
+    def hello(msg: Message, context: Context) -> Message:
+        return Message(RecordDict({"hello": ConfigRecord({"partition-id": _partition_id(context)})}), reply_to=msg)
+
+    def handle(msg: Message, context: Context) -> Message:
+        task_name = msg.metadata.message_type.split(".", 1)[1]
+        cfg, fed, model = _node_objects(_run_config_value(context, CONFIG_KEY, cfg_json))
+        torch.set_num_threads(cfg.flower.threads)
+        cid = _partition_id(context)
+        dev = fed.x.device
+        req, head = get_payload(msg.content, "req", dev)
+        if int(head["cid"]) != cid:
+            raise RuntimeError(f"node with partition-id {cid} got the request of client {head['cid']}")
+        st = context.state
+        store = get_payload(st, "fld.store", dev)[0].tensors if has_payload(st, "fld.store") else {}
+        # relayed device-to-device messages arrive with this request, before the task runs
+        inbox = get_inbox(st, "fld.inbox", dev) + get_inbox(msg.content, "relay", dev)
+        ctx = ClientContext(cid, fed, model, cfg.local, cfg.seed, store, inbox)
+        reply = TASKS[task_name](ctx, req)
+        put_payload(st, "fld.store", Payload(ctx.store, {k: Kind.STATE for k in ctx.store}))
+        put_inbox(st, "fld.inbox", ctx.inbox)
+        rd = RecordDict()
+        put_payload(rd, "reply", reply)
+        return Message(rd, reply_to=msg)
+
+    for name in sorted(TASKS):
+        app.train(name)(handle)
+    return app
+
+
+def make_server_app(cfg_json: str | None = None, out: str | None = None, *, quiet: bool = True) -> ServerApp:
+    """The ServerApp: discovers the nodes, then runs the method with the shared Runner.
+
+    Parameters
+    ----------
+    cfg_json, out : str, optional
+        The resolved run config as JSON and the run folder; default: the run config's
+        ``fldistill-config`` and ``out``.
+    """
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        from fldistill.engine.runner import Runner
+
+        cfg = parse_config(json.loads(_run_config_value(context, CONFIG_KEY, cfg_json)))
+        out_dir = Path(_run_config_value(context, OUT_KEY, out))
+        torch.set_num_threads(cfg.flower.threads)
+        try:
+            nodes = discover_nodes(grid, cfg.clients, cfg.flower.connect_timeout_s, cfg.flower.timeout_s)
+            made: list[FlowerComm] = []
+
+            def comm_factory(ledger, fed, model, local, seed):  # type: ignore[no-untyped-def]
+                made.append(FlowerComm(grid, nodes, ledger, fed, model, local, seed, timeout_s=cfg.flower.timeout_s))
+                return made[-1]
+
+            summary = Runner(cfg, out_dir, quiet=quiet, comm_factory=comm_factory).run()
+            summary["flower"] = made[-1].summary()
+            (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        except Exception as err:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "error.txt").write_text(f"{type(err).__name__}: {err}\n")
+            raise
+
+    return app
+
+
+def write_app(cfg: RunConfig, out: str | Path, app_dir: str | Path) -> Path:
+    """Write a Flower app project (``pyproject.toml``) that runs ``cfg`` into ``out``.
+
+    ``flwr run APP_DIR CONNECTION`` then submits it to a SuperLink. The resolved config
+    is embedded, so every SuperNode builds the same federation.
+    """
+    import tomli_w
+
+    from fldistill.engine.runner import Runner
+
+    resolved = Runner(cfg, Path(out), quiet=True).cfg  # validates and resolves defaults
+    app_dir = Path(app_dir)
+    app_dir.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {
+        "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
+        "project": {"name": "fldistill-run", "version": "1.0.0", "dependencies": []},
+        "tool": {
+            "hatch": {"build": {"targets": {"wheel": {"packages": ["."]}}}},
+            "flwr": {
+                "app": {
+                    "publisher": "fldistill",
+                    "components": {
+                        "serverapp": "fldistill.flower.deploy:server_app",
+                        "clientapp": "fldistill.flower.deploy:client_app",
+                    },
+                    "config": {CONFIG_KEY: resolved.to_json(), OUT_KEY: str(Path(out).resolve())},
+                }
+            },
+        },
+    }
+    path = app_dir / "pyproject.toml"
+    path.write_text(tomli_w.dumps(doc))
+    return path

@@ -1,0 +1,101 @@
+"""``fldistill flower ...``: run a method on Flower's simulation or deployment runtime.
+
+Only argparse here: ``flwr`` is imported when a command runs, after :func:`require_flwr`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_flower_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add ``flower sim | local | app`` to the ``fldistill`` parser."""
+    from fldistill.cli import add_config_flags
+
+    f = sub.add_parser("flower", help='run on Flower (needs: pip install "fldistill[flower]")')
+    fs = f.add_subparsers(dest="flower_cmd", required=True)
+
+    s = fs.add_parser("sim", help="Flower's simulation runtime (Ray), one virtual SuperNode per client")
+    add_config_flags(s)
+    s.add_argument("--cpus", type=int, default=2, help="CPUs for Ray (ClientApps running at once)")
+    s.set_defaults(fn=cmd_sim)
+
+    lo = fs.add_parser("local", help="deployment runtime on this machine: SuperLink + one SuperNode per client, then stop them")
+    add_config_flags(lo)
+    lo.add_argument("--workdir", help="logs and Flower home (default <out>.flower)")
+    lo.add_argument("--tls", metavar="CERT_DIR", help="use TLS with the files of scripts/flower_certs.sh (ca.crt, server.pem, server.key)")
+    lo.add_argument("--node-auth", action="store_true", help="with --tls: SuperNode authentication with CERT_DIR/node-I keys (flower_certs.sh --node-keys N)")
+    lo.set_defaults(fn=cmd_local)
+
+    a = fs.add_parser("app", help="write a Flower app folder for `flwr run APP_DIR CONNECTION` on a running SuperLink")
+    add_config_flags(a)
+    a.add_argument("--app-dir", required=True, help="folder for the app's pyproject.toml")
+    a.set_defaults(fn=cmd_app)
+
+
+def _setup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from fldistill.cli import build_config
+    from fldistill.flower import require_flwr
+
+    require_flwr()
+    from fldistill.engine.runner import Runner
+
+    cfg = build_config(args)
+    out = Path(args.out) if args.out else Path("runs") / (cfg.run_name() + "-flower")
+    Runner(cfg, out, quiet=True)  # every config check, before any process starts
+    return cfg, out
+
+
+def _report(s: dict, out: Path) -> None:
+    from fldistill.cli import _fmt_bits, console
+
+    fl = s.get("flower", {})
+    console.print(
+        f"[bold]{s['method']}[/] on Flower: final acc {s['final_accuracy']:.4f}, sent {_fmt_bits(s['total_bits'])} "
+        f"(+ {_fmt_bits(fl.get('relay_bits', 0))} relayed), {s['seconds_per_round']:.2f} s/round, "
+        f"missing per round {fl.get('missing_by_round')} -> {out}"
+    )
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    cfg, out = _setup(args)
+    from fldistill.flower.sim import run_flower_simulation
+
+    _report(run_flower_simulation(cfg, out, num_cpus=args.cpus), out)
+    return 0
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    cfg, out = _setup(args)
+    from fldistill.flower.local import LocalDeployment, TLSFiles
+
+    tls = None
+    if args.tls:
+        d = Path(args.tls)
+        tls = TLSFiles(d / "ca.crt", d / "server.pem", d / "server.key")
+        for p in (tls.ca, tls.cert, tls.key):
+            if not p.is_file():
+                from fldistill.errors import ConfigError
+
+                raise ConfigError(f"--tls: {p} not found; make the files with scripts/flower_certs.sh {d}")
+    if args.node_auth and tls is None:
+        from fldistill.errors import ConfigError
+
+        raise ConfigError("--node-auth needs --tls CERT_DIR (with node-I keys from scripts/flower_certs.sh --node-keys N)")
+    keys = Path(args.tls) if args.node_auth else None
+    work = Path(args.workdir) if args.workdir else out.with_name(out.name + ".flower")
+    with LocalDeployment(cfg.clients, work, tls=tls, node_keys=keys) as dep:
+        s = dep.submit(cfg, out)
+    _report(s, out)
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    cfg, out = _setup(args)
+    from fldistill.cli import console
+    from fldistill.flower.apps import write_app
+
+    path = write_app(cfg, out.resolve(), args.app_dir)
+    console.print(f"wrote {path}; submit it with: flwr run {args.app_dir} <connection>   (the run folder will be {out.resolve()})")
+    return 0

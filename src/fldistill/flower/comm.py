@@ -1,0 +1,255 @@
+"""The server side of the Flower engine: :class:`FlowerComm`, a drop-in for InProcessComm.
+
+Each ``call`` sends one Flower ``Message`` per client, of type ``train.<task>``, waits at
+most ``timeout_s`` for the replies, and prices every request and reply in the ledger
+exactly as :class:`~fldistill.engine.comm.InProcessComm` does, so the two engines end
+with the same ledger.
+
+Device-to-device transfers (``reply_to``) are relayed: Flower's topology is a star, so
+the member's reply comes to the server, which forwards it with the next message it sends
+to the receiver (where it lands in the receiver's inbox before that task runs). The
+ledger charges the transfer once, as ``client->client``, like in-process; the second leg
+(server -> receiver) is counted apart, in ``relay_bits`` / ``relay_messages``, which go
+into every metrics record and the summary's ``flower`` section.
+
+A client that does not answer in time (or whose node died) is left out of the replies
+and recorded in the round's ``missing`` list; the round goes on with the replies that
+came. A task that *raised* on a client is a bug, not a fault, and stops the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
+
+from fldistill.config import LocalConfig
+from fldistill.data.federation import Federation
+from fldistill.engine.comm import TASKS
+from fldistill.errors import ConfigError
+from fldistill.flower.codec import get_payload, put_inbox, put_payload
+from fldistill.ledger import Ledger, Payload
+
+log = logging.getLogger("fldistill.flower")
+
+HELLO = "query.fldistill_hello"
+POLL_S = 0.1  # how often a waiting call asks the SuperLink for replies
+
+
+def message_type(task_name: str) -> str:
+    """The Flower message type that carries ``task_name``."""
+    return f"train.{task_name}"
+
+
+def exchange(grid: Grid, msgs: list[Message], timeout_s: float) -> list[Message]:
+    """Push ``msgs`` and pull replies until all came or ``timeout_s`` passed.
+
+    ``Grid.send_and_receive`` polls every 3 s on the deployment runtime; a call of a tiny
+    task would spend most of its time asleep, so we poll every ``POLL_S``.
+    """
+    if not msgs:
+        return []
+    waiting = set(grid.push_messages(msgs))
+    out: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    while waiting:
+        got = list(grid.pull_messages(waiting))
+        out += got
+        waiting -= {m.metadata.reply_to_message_id for m in got}
+        if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(POLL_S)
+    return out
+
+
+def discover_nodes(grid: Grid, n_clients: int, timeout_s: float, reply_timeout_s: float) -> dict[int, int]:
+    """Map each client id (a node's ``partition-id``) to the Flower node serving it.
+
+    Waits up to ``timeout_s`` for ``n_clients`` nodes to connect, then up to
+    ``reply_timeout_s`` for each to tell its partition id.
+
+    Raises
+    ------
+    ConfigError
+        Too few nodes, a partition id out of range, or two nodes with the same one.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= n_clients or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if len(nodes) < n_clients:
+        raise ConfigError(
+            f"only {len(nodes)} of {n_clients} SuperNodes connected within {timeout_s:.0f} s; start one "
+            f"SuperNode per client with --node-config 'partition-id=<0..{n_clients - 1}>' or raise flower.connect_timeout_s"
+        )
+    msgs = [Message(RecordDict({"hello": ConfigRecord({})}), dst_node_id=n, message_type=HELLO) for n in nodes]
+    replies = exchange(grid, msgs, reply_timeout_s)
+    out: dict[int, int] = {}
+    for m in replies:
+        if m.has_error():
+            continue
+        pid = int(m.content["hello"]["partition-id"])
+        src = int(m.metadata.src_node_id)
+        if not 0 <= pid < n_clients:
+            raise ConfigError(f"SuperNode {src} has partition-id={pid}, outside 0..{n_clients - 1} (clients = {n_clients})")
+        if pid in out:
+            raise ConfigError(f"SuperNodes {out[pid]} and {src} both have partition-id={pid}; give each node its own")
+        out[pid] = src
+    if len(out) < n_clients:
+        lacking = sorted(set(range(n_clients)) - set(out))
+        raise ConfigError(f"no SuperNode answered for partition-id(s) {lacking}; start them or check their --node-config")
+    return out
+
+
+class FlowerComm:
+    """Runs tasks on Flower SuperNodes; same interface and ledger as InProcessComm.
+
+    Parameters
+    ----------
+    grid : flwr.serverapp.Grid
+        The ServerApp's grid.
+    nodes : mapping
+        ``{client id: node id}`` (see :func:`discover_nodes`).
+    ledger, fed, model, local, seed
+        As for :class:`~fldistill.engine.comm.InProcessComm`. ``model`` is only the
+        server's evaluation module here; client tasks run on the nodes.
+    timeout_s : float
+        How long one call waits for replies.
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        nodes: Mapping[int, int],
+        ledger: Ledger,
+        fed: Federation,
+        model: torch.nn.Module,
+        local: LocalConfig,
+        seed: int,
+        *,
+        timeout_s: float,
+    ) -> None:
+        self.grid, self.nodes = grid, dict(nodes)
+        self.ledger, self.fed, self.model, self.local, self.seed = ledger, fed, model, local, seed
+        self.timeout_s = float(timeout_s)
+        # Client stores live on the nodes (their Flower context.state), not here.
+        self.stores: dict[int, dict[str, torch.Tensor]] = {}
+        # What each client's inbox received, metadata only (methods read e.g. distillation
+        # times from it); the tensors travel to the node with its next message.
+        self.inboxes: dict[int, list[tuple[int, Payload]]] = {}
+        self.pending: dict[int, list[tuple[int, Payload]]] = {}
+        self.relay_bits = 0
+        self.relay_messages = 0
+        self.missing: list[int] = []  # since the last round_report
+        self.missing_by_round: list[list[int]] = []
+        self.call_seconds: list[float] = []
+
+    def call(
+        self,
+        task_name: str,
+        requests: Mapping[int, Payload],
+        *,
+        phase: str,
+        reply_to: Mapping[int, int] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[int, Payload]:
+        """Send ``requests[cid]`` to each client's node, run ``task_name`` there, collect replies.
+
+        Same contract as :meth:`InProcessComm.call`, except that clients which do not
+        answer within ``timeout_s`` are missing from the result (and recorded).
+        """
+        if task_name not in TASKS:
+            raise ConfigError(f"unknown client task {task_name!r}; known: {', '.join(sorted(TASKS))}")
+        t0 = time.perf_counter()
+        msgs: list[Message] = []
+        cid_of_node: dict[int, int] = {}
+        missing: list[int] = []
+        for cid in sorted(requests):
+            req = requests[cid]
+            self.ledger.charge("server->client", req, phase)
+            node = self.nodes.get(cid)
+            if node is None:
+                missing.append(cid)
+                continue
+            rd = RecordDict()
+            put_payload(rd, "req", req, task=task_name, cid=cid)
+            relayed = self.pending.pop(cid, [])
+            if relayed:
+                put_inbox(rd, "relay", relayed)
+                self.relay_bits += sum(self.ledger.price(p) for _, p in relayed)
+                self.relay_messages += len(relayed)
+            msgs.append(Message(rd, dst_node_id=node, message_type=message_type(task_name)))
+            cid_of_node[node] = cid
+        got: dict[int, Payload] = {}
+        for m in exchange(self.grid, msgs, self.timeout_s):
+            cid = cid_of_node.get(int(m.metadata.src_node_id))
+            if cid is None:
+                continue
+            if m.has_error():
+                if int(m.error.code) == ErrorCode.CLIENT_APP_RAISED_EXCEPTION:
+                    raise RuntimeError(f"client {cid} failed in task {task_name!r}: {m.error.reason}")
+                log.warning("client %d: no result for %s (%s)", cid, task_name, m.error.reason)
+                continue
+            got[cid] = get_payload(m.content, "reply", self.fed.x.device)[0]
+        # Charge in client order, as InProcessComm does, so ledgers and inbox orders match.
+        out: dict[int, Payload] = {}
+        for cid in sorted(requests):
+            if cid not in got:
+                if cid in self.nodes:
+                    missing.append(cid)
+                continue
+            reply = got[cid]
+            if reply_to is not None and cid in reply_to:
+                dst = int(reply_to[cid])
+                self.ledger.charge("client->client", reply, phase)
+                self.pending.setdefault(dst, []).append((cid, reply))
+                self.inboxes.setdefault(dst, []).append((cid, Payload(meta=dict(reply.meta))))
+            else:
+                self.ledger.charge("client->server", reply, phase)
+                out[cid] = reply
+            if progress is not None:
+                progress(1)
+        if missing:
+            log.warning("%s (%s): no reply from client(s) %s within %.0f s", task_name, phase, sorted(missing), self.timeout_s)
+            self.missing.extend(missing)
+        self.call_seconds.append(time.perf_counter() - t0)
+        return out
+
+    def charge(self, hop: str, payload: Payload, phase: str) -> int:
+        """Price a transfer between server-side roles (edge <-> cloud)."""
+        return self.ledger.charge(hop, payload, phase)
+
+    def round_report(self) -> dict[str, Any]:
+        """Entries for the metrics record of the round that just ended (then reset)."""
+        missing = sorted(set(self.missing))
+        self.missing = []
+        self.missing_by_round.append(missing)
+        return {"missing": missing, "relay_bits": self.relay_bits, "relay_messages": self.relay_messages}
+
+    def summary(self) -> dict[str, Any]:
+        """The ``flower`` section of ``summary.json``."""
+        return {
+            "nodes": {str(c): n for c, n in sorted(self.nodes.items())},
+            "relay_bits": self.relay_bits,
+            "relay_messages": self.relay_messages,
+            "missing_by_round": self.missing_by_round,
+            "timeout_s": self.timeout_s,
+            "seconds_per_call": sum(self.call_seconds) / max(len(self.call_seconds), 1),
+        }
+
+    # -- checkpointing -------------------------------------------------------------
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Server-side counters only: client state lives on the nodes (no resume on Flower)."""
+        return {}, {"stores": {}, "inboxes": {}, "relay_bits": self.relay_bits, "relay_messages": self.relay_messages}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Restore the counters of :meth:`state_dict`."""
+        self.relay_bits, self.relay_messages = int(meta.get("relay_bits", 0)), int(meta.get("relay_messages", 0))

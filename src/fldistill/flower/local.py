@@ -1,0 +1,265 @@
+"""A Flower deployment on this machine: a SuperLink and N SuperNodes as real processes.
+
+Used by ``fldistill flower deploy``, the loopback tests and the benchmarks. Every
+process is started here and stopped here by its process id (and the Flower helper
+processes each one spawned, found by parent id), so nothing leaks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fldistill.config import RunConfig
+from fldistill.errors import ConfigError
+
+
+def free_port() -> int:
+    """A TCP port that is free on the loopback interface right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _bin(name: str) -> str:
+    # Flower's console scripts live beside this interpreter (a venv) or on PATH.
+    cand = Path(sys.executable).with_name(name)
+    return str(cand) if cand.exists() else name
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (Linux /proc; empty elsewhere)."""
+    out = []
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(d.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, already dead, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def descendants(pid: int) -> list[int]:
+    """All processes below ``pid``."""
+    out, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
+@dataclass
+class TLSFiles:
+    """Certificates for TLS: the CA certificate, and the SuperLink's certificate and key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+class LocalDeployment:
+    """SuperLink + SuperNodes on loopback; a context manager that stops them all.
+
+    Parameters
+    ----------
+    n_nodes : int
+        SuperNodes to start, with ``partition-id`` 0..n_nodes-1.
+    workdir : Path
+        Logs, Flower's home (``FLWR_HOME``: installed apps, the CLI connection), apps.
+    tls : TLSFiles, optional
+        Run with TLS (see ``scripts/flower_certs.sh``); default insecure.
+    node_keys : Path, optional
+        With TLS: enable SuperNode authentication; the folder holds ``node-I`` (private)
+        and ``node-I.pub`` for each node I (``scripts/flower_certs.sh --node-keys N``).
+        Each public key is registered with the SuperLink before its node starts.
+    """
+
+    def __init__(self, n_nodes: int, workdir: str | Path, *, tls: TLSFiles | None = None, node_keys: str | Path | None = None) -> None:
+        if n_nodes < 1:
+            raise ConfigError(f"a deployment needs at least one SuperNode (got {n_nodes})")
+        if node_keys is not None and tls is None:
+            raise ConfigError("SuperNode authentication needs TLS: pass the certificates too")
+        self.n_nodes, self.tls = n_nodes, tls
+        self.node_keys = Path(node_keys).resolve() if node_keys is not None else None
+        self.workdir = Path(workdir).resolve()
+        self.port = free_port()
+        self.superlink: subprocess.Popen[bytes] | None = None
+        self.nodes: dict[int, subprocess.Popen[bytes]] = {}
+        self.extra: list[subprocess.Popen[bytes]] = []
+        self.env = dict(os.environ)
+        self.env["FLWR_HOME"] = str(self.workdir / "flwr-home")
+        # SuperExec looks for new tasks every second by default; on loopback that is most
+        # of a small task's time.
+        self.env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
+        self.env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + self.env.get("PATH", "")
+        # Flower's processes import fldistill: give them this interpreter's search path.
+        src = str(Path(__file__).resolve().parents[2])
+        self.env["PYTHONPATH"] = src + (os.pathsep + self.env["PYTHONPATH"] if self.env.get("PYTHONPATH") else "")
+
+    @property
+    def address(self) -> str:
+        """The SuperLink's address (Fleet, Control and Runtime APIs share one port)."""
+        return f"127.0.0.1:{self.port}"
+
+    def _spawn(self, cmd: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / "logs" / log_name, "wb")  # noqa: SIM115 (closed with the process)
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir)
+
+    def start(self) -> "LocalDeployment":
+        """Start the SuperLink and the SuperNodes; write the CLI connection ``local``."""
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        home = Path(self.env["FLWR_HOME"])
+        home.mkdir(parents=True, exist_ok=True)
+        link = [_bin("flower-superlink"), "--port", str(self.port), "--disable-runtime-dependency-installation"]
+        link += self._tls_server_args()
+        if self.node_keys is not None:
+            link.append("--enable-supernode-auth")
+        self.superlink = self._spawn(link, "superlink.log")
+        conn = f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "{self.address}"\n'
+        conn += f'root-certificates = "{self.tls.ca}"\n' if self.tls else "insecure = true\n"
+        (home / "config.toml").write_text(conn)
+        self._wait_for_port(60.0)
+        for pid in range(self.n_nodes):
+            if self.node_keys is not None:
+                self.register_node(self.node_keys / f"node-{pid}.pub")
+            self.start_node(pid)
+        return self
+
+    def register_node(self, public_key: Path) -> None:
+        """Allow the SuperNode holding ``public_key``'s private key to join (node authentication)."""
+        res = subprocess.run(
+            [_bin("flwr"), "supernode", "register", str(public_key), "local"],
+            env=self.env, cwd=self.workdir, capture_output=True, text=True, timeout=120,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"registering {public_key} failed: {res.stdout.strip()} {res.stderr.strip()}")
+
+    def _wait_for_port(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.superlink is not None and self.superlink.poll() is not None:
+                raise RuntimeError(f"the SuperLink exited; see {self.workdir / 'logs' / 'superlink.log'}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"the SuperLink did not open port {self.port} within {timeout_s:.0f} s")
+
+    def _tls_server_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--insecure"]
+        return ["--ssl-ca-certfile", str(self.tls.ca), "--ssl-certfile", str(self.tls.cert), "--ssl-keyfile", str(self.tls.key)]
+
+    def start_node(self, partition_id: int, private_key: Path | None = None) -> subprocess.Popen[bytes]:
+        """Start a SuperNode serving client ``partition_id`` (with node authentication:
+        signing with ``private_key``, by default ``node_keys/node-<partition_id>``)."""
+        cmd = [_bin("flower-supernode"), "--superlink", self.address, "--port", str(free_port())]
+        cmd += ["--root-certificates", str(self.tls.ca)] if self.tls else ["--insecure"]
+        cmd += ["--node-config", f"partition-id={partition_id} num-partitions={self.n_nodes}"]
+        if private_key is None and self.node_keys is not None:
+            private_key = self.node_keys / f"node-{partition_id}"
+        if private_key is not None:
+            cmd += ["--auth-supernode-private-key", str(private_key)]
+        proc = self._spawn(cmd, f"supernode-{partition_id}-{len(self.extra) + len(self.nodes)}.log")
+        if partition_id in self.nodes:
+            self.extra.append(proc)  # a second node for the same client (e.g. an intruder in a test)
+        else:
+            self.nodes[partition_id] = proc
+        return proc
+
+    def kill_node(self, partition_id: int) -> None:
+        """Kill a SuperNode abruptly (SIGKILL), as a crash or a pulled cable would."""
+        proc = self.nodes[partition_id]
+        kids = descendants(proc.pid)
+        proc.kill()
+        proc.wait()
+        self._kill_pids(kids, signal.SIGKILL)
+
+    def submit(self, cfg: RunConfig, out: str | Path, *, timeout_s: float = 600.0) -> dict[str, Any]:
+        """Run ``cfg`` on this deployment (``flwr run``) and wait for its summary.
+
+        Raises
+        ------
+        RuntimeError
+            The run failed (the ServerApp's error) or did not finish in ``timeout_s``.
+        """
+        from fldistill.flower.apps import write_app
+
+        out = Path(out).resolve()
+        app = self.workdir / "apps" / out.name
+        write_app(cfg, out, app)
+        res = subprocess.run(
+            [_bin("flwr"), "run", str(app), "local", "--format", "json"],
+            env=self.env, cwd=self.workdir, capture_output=True, text=True, timeout=120,
+        )
+        self.last_submit = res.stdout
+        if res.returncode != 0 or '"success": false' in res.stdout:
+            raise RuntimeError(f"flwr run failed: {res.stdout.strip()} {res.stderr.strip()}")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if (out / "error.txt").exists():
+                raise RuntimeError(f"the Flower run failed: {(out / 'error.txt').read_text().strip()}")
+            summary = out / "summary.json"
+            if summary.exists():
+                s = json.loads(summary.read_text())
+                if "flower" in s:  # written last, by the ServerApp
+                    return s
+            if self.superlink is not None and self.superlink.poll() is not None:
+                raise RuntimeError(f"the SuperLink exited; see {self.workdir / 'logs' / 'superlink.log'}")
+            time.sleep(0.5)
+        raise RuntimeError(f"the Flower run did not finish within {timeout_s:.0f} s; logs in {self.workdir / 'logs'}")
+
+    @staticmethod
+    def _kill_pids(pids: list[int], sig: signal.Signals) -> None:
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self) -> None:
+        """Stop every process started here, SuperNodes first, each by its id."""
+        procs = [*self.nodes.values(), *self.extra, *([self.superlink] if self.superlink else [])]
+        kids = [k for p in procs if p.poll() is None for k in descendants(p.pid)]
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        # Flower's helpers (SuperExec, app processes) watch their parent and exit with it
+        # within a few seconds; whatever has not is killed by id.
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and any(alive(k) for k in kids):
+            time.sleep(0.25)
+        self._kill_pids([k for k in kids if alive(k)], signal.SIGKILL)
+        self.nodes, self.extra, self.superlink = {}, [], None
+
+    def __enter__(self) -> "LocalDeployment":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

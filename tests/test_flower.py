@@ -1,0 +1,132 @@
+"""fldistill on Flower: same accuracy and ledger as in-process, in both Flower runtimes.
+
+The loopback tests share one real deployment (a SuperLink and 4 SuperNodes as
+processes, with TLS and SuperNode authentication) and stop it by process id. Flower's
+deployment runtime starts one process per message, so they take minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("flwr")
+
+from fldistill.engine.runner import Runner  # noqa: E402
+from fldistill.flower.local import LocalDeployment, TLSFiles, alive, descendants  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+HP = {"k": 2, "pretrain_epochs": 1, "pretrain_lr": 0.05, "distiller": "random", "distill_size": 20}
+
+
+def _fedavg(make_cfg, **over):
+    return make_cfg(clients=4, rounds=2, **over)
+
+
+def _hfldd(make_cfg, **over):
+    return make_cfg(method="hfldd", clients=4, rounds=2, params=dict(HP), public={"size": 50}, **over)
+
+
+def _records(d: Path) -> list[dict]:
+    return [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_run(ref: Path, got: Path) -> None:
+    """Per round: accuracy within float tolerance, bits per hop identical; same ledger."""
+    a, b = _records(ref), _records(got)
+    assert [r["round"] for r in a] == [r["round"] for r in b]
+    for ra, rb in zip(a, b):
+        assert rb["accuracy"] == pytest.approx(ra["accuracy"], abs=1e-5)
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4)
+        assert rb["bits"] == ra["bits"]
+        assert rb["missing"] == []
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (ref, got))
+    assert sb["bits"] == sa["bits"] and sb["bits_by_phase"] == sa["bits_by_phase"]
+    assert sb.get("heads") == sa.get("heads")
+
+
+def test_simulation_runtime_matches_inprocess(tmp_path: Path, make_cfg) -> None:
+    from fldistill.flower.sim import run_flower_simulation
+
+    cfg = _fedavg(make_cfg)
+    Runner(cfg, tmp_path / "ref", quiet=True).run()
+    s = run_flower_simulation(cfg, tmp_path / "sim")
+    _assert_same_run(tmp_path / "ref", tmp_path / "sim")
+    assert set(s["flower"]["nodes"]) == {"0", "1", "2", "3"}
+
+
+@pytest.fixture(scope="module")
+def secure_deployment(tmp_path_factory):
+    """SuperLink + 4 SuperNodes with TLS and node authentication (keys from scripts/flower_certs.sh)."""
+    if not (shutil.which("openssl") and shutil.which("ssh-keygen")):
+        pytest.skip("needs openssl and ssh-keygen")
+    root = tmp_path_factory.mktemp("flower")
+    certs = root / "certs"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "flower_certs.sh"
+    subprocess.run(["bash", str(script), str(certs), "--node-keys", "5"], check=True, capture_output=True)
+    dep = LocalDeployment(4, root / "deploy", tls=TLSFiles(certs / "ca.crt", certs / "server.pem", certs / "server.key"), node_keys=certs)
+    try:
+        dep.start()
+        dep.certs = certs  # type: ignore[attr-defined]
+        yield dep
+    finally:
+        pids = [p.pid for p in [*dep.nodes.values(), *dep.extra, *([dep.superlink] if dep.superlink else [])]]
+        pids += [k for p in pids for k in descendants(p)]
+        dep.stop()
+        assert pids and not [p for p in pids if alive(p)], "a Flower process outlived stop()"
+
+
+def test_loopback_deployment_matches_inprocess(secure_deployment: LocalDeployment, tmp_path: Path, make_cfg) -> None:
+    """FedAvg and HFLDD on a real TLS deployment: same accuracy and ledger; intruders are refused."""
+    dep = secure_deployment
+    intruder = dep.start_node(1, private_key=dep.certs / "node-4")  # type: ignore[attr-defined]  # a key nobody registered
+    fed_cfg, hf_cfg = _fedavg(make_cfg), _hfldd(make_cfg)
+    Runner(fed_cfg, tmp_path / "ref-fedavg", quiet=True).run()
+    Runner(hf_cfg, tmp_path / "ref-hfldd", quiet=True).run()
+    dep.submit(fed_cfg, tmp_path / "fedavg", timeout_s=600)
+    s = dep.submit(hf_cfg, tmp_path / "hfldd", timeout_s=600)
+    _assert_same_run(tmp_path / "ref-fedavg", tmp_path / "fedavg")
+    _assert_same_run(tmp_path / "ref-hfldd", tmp_path / "hfldd")
+    # the members' data reached the heads through the server: counted once as D2D, plus the relay
+    assert s["bits"]["client->client"] > 0 and s["flower"]["relay_bits"] == s["bits"]["client->client"]
+    assert intruder.wait(timeout=120) != 0, "an unregistered SuperNode was let in"
+    assert "running on https://" in (dep.workdir / "logs" / "superlink.log").read_text()
+
+
+def test_loopback_dropout_lost_head(secure_deployment: LocalDeployment, tmp_path: Path, make_cfg) -> None:
+    """Kill the SuperNode of an HFLDD head after round 1: the run completes without it.
+
+    Runs after the equality test on the same deployment (it leaves a node dead).
+    """
+    dep = secure_deployment
+    cfg = _hfldd(make_cfg, flower={"timeout_s": 30})
+    out = tmp_path / "hfldd"
+    killed: list[int] = []
+
+    def kill_a_head(dep: LocalDeployment) -> None:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            m = out / "metrics.jsonl"
+            if m.exists() and any(json.loads(x)["round"] == 1 for x in m.read_text().splitlines()):
+                head = json.loads((out / "clustering.json").read_text())["heads"][0]
+                dep.kill_node(head)
+                killed.append(head)
+                return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=kill_a_head, args=(dep,), daemon=True)
+    watcher.start()
+    s = dep.submit(cfg, out, timeout_s=600)
+    watcher.join(timeout=5)
+    assert killed, "the head was never killed"
+    recs = _records(out)
+    assert s["status"] == "completed" and [r["round"] for r in recs] == [0, 1, 2]
+    assert recs[1]["missing"] == [] and recs[2]["missing"] == killed and recs[2]["lost_heads"] == 1
+    assert s["flower"]["missing_by_round"][2] == killed
