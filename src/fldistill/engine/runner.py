@@ -184,7 +184,7 @@ class Runner:
         model = build_model(resolve_model_name(cfg), fed.input_shape, fed.n_classes).to(device)
         self.fed, self.model = fed, model
         self.ledger = Ledger(cfg.ledger.b1, cfg.ledger.b2, cfg.ledger.label_bits)
-        self.comm = InProcessComm(self.ledger, fed, model, cfg.local, cfg.seed)
+        self.comm = InProcessComm(self.ledger, fed, model, cfg.local, cfg.seed, engine=cfg.engine)
         ctx = RunContext(cfg, fed, self.comm, model, get_state(model), self.progress, self.out)
         return cls(ctx, params)
 
