@@ -197,24 +197,29 @@ def train_many(
                 inp = {**inp, **_stack([jobs[i].obj.sample(b) for i in rows], "sampled inputs")}
             p = dict(P) if full else {k: v[rt] for k, v in P.items()}
             g, loss = vg(p, x[idx], y[idx], inp)
-            loss_sum[rt] += loss.detach().to(torch.float64)
+            if full:  # the common case: no gathers or scatters of parameter rows
+                loss_sum += loss.detach().to(torch.float64)
+            else:
+                loss_sum[rt] += loss.detach().to(torch.float64)
             for k in names:
-                d = g[k]
+                d = g[k]  # a fresh tensor of this step: updated in place below
                 if wd != 0:
                     d = d.add(p[k], alpha=wd)
                 if mom != 0:
-                    if s == 0:  # every client's first step is step 0
-                        if k not in buf:
-                            buf[k] = torch.zeros_like(P[k])
-                        buf[k][rt] = d
+                    if s == 0:  # every client's first step is step 0: the buffer starts as the gradient
+                        if full:
+                            buf[k] = d
+                        else:
+                            buf.setdefault(k, torch.zeros_like(P[k]))[rt] = d
+                    elif full:
+                        d = buf[k].mul_(mom).add_(d)
                     else:
-                        d = buf[k][rt].mul(mom).add(d)
+                        d = buf[k][rt].mul_(mom).add_(d)
                         buf[k][rt] = d
-                new = p[k].add(d, alpha=-lr)
                 if full:
-                    P[k] = new
+                    P[k] = P[k].add(d, alpha=-lr)
                 else:
-                    P[k][rt] = new
+                    P[k][rt] = p[k].add(d, alpha=-lr)
     bad = (~torch.isfinite(loss_sum)).nonzero().flatten().tolist()
     if bad:
         i = bad[0]
