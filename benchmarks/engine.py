@@ -198,7 +198,7 @@ def cmd_flower_run(a: argparse.Namespace) -> None:
 
 
 def _child(sub: str, a: argparse.Namespace, *extra: str) -> tuple[float, dict[str, Any]]:
-    cmd = [sys.executable, __file__, sub, "--clients", str(a.clients), "--rounds", str(a.rounds), *extra]
+    cmd = [sys.executable, __file__, sub, "--clients", str(a.clients), "--rounds", str(a.rounds), "--threads", str(a.threads), *extra]
     if a.dataset_size:
         cmd += ["--dataset-size", str(a.dataset_size)]
     t0 = time.perf_counter()
@@ -321,7 +321,10 @@ def main() -> None:
         s.add_argument("--repeat", type=int, default=3)
         s.add_argument("--vectorised-only", action="store_true", help="rounds: skip the sequential engine")
         s.add_argument("--skip-sequential", action="store_true", help="flower: skip the sequential fldistill run")
+        s.add_argument("--threads", type=int, default=1,
+                       help="torch threads of fldistill (default 1: robust on a shared machine; Flower's workers use 1 each)")
     a = p.parse_args()
+    torch.set_num_threads(a.threads)
     a.fn(a)
 
 
