@@ -82,8 +82,9 @@ def _both_engines(tmp_path: Path, cfg_of) -> tuple[list[dict], list[dict], dict]
         {"method": "fedprox", "params": {"mu": 0.5}},
         {"partition": "dirichlet:0.3", "participation": 0.5, "local": {"amount": 2, "weight_decay": 1e-3}},
         {"local": {"unit": "steps", "amount": 5, "batch_size": 16, "momentum": 0.0}},
+        {"method": "moon", "rounds": 2},  # frozen functional_call features of two other models in the loss
     ],
-    ids=["fedavg", "fedprox", "dirichlet-partial-wd", "steps-no-momentum"],
+    ids=["fedavg", "fedprox", "dirichlet-partial-wd", "steps-no-momentum", "moon"],
 )
 def test_vectorised_equals_sequential(tmp_path: Path, make_cfg, over) -> None:
     seq, vec, runs = _both_engines(tmp_path, lambda eng: make_cfg(engine=eng, **over))
