@@ -92,8 +92,12 @@ def test_vectorised_equals_sequential(tmp_path: Path, make_cfg, over) -> None:
     _assert_same_metrics(seq, vec)
 
 
-def test_train_many_matches_local_train_per_client() -> None:
-    """Uneven sizes (5, 37, 64 samples), epochs with short last batches, momentum and weight decay."""
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_train_many_matches_local_train_per_client(chunk) -> None:
+    """Uneven sizes (5, 37, 64 samples), epochs with short last batches, momentum and weight decay.
+
+    ``chunk=2`` also splits buckets and makes non-contiguous client rows (gathers/scatters).
+    """
     torch.manual_seed(0)
     model = build_model("digits_cnn", (1, 8, 8), 10)
     x, y = torch.randn(200, 1, 8, 8), torch.randint(0, 10, (200,))
@@ -103,7 +107,7 @@ def test_train_many_matches_local_train_per_client() -> None:
     # clients start from different states, as with per-client models
     starts = [{k: v + 0.01 * i for k, v in base.items()} for i in range(3)]
     jobs = [ClientJob(i, starts[i], index[i], make_objective("ce", {}, starts[i], model), torch.Generator().manual_seed(i)) for i in range(3)]
-    got = train_many(model, x, y, jobs, local)
+    got = train_many(model, x, y, jobs, local, chunk=chunk)
     for i in range(3):
         want, stats = local_train(model, starts[i], x[index[i]], y[index[i]], local, make_objective("ce", {}, starts[i], model),
                                   torch.Generator().manual_seed(i))

@@ -131,6 +131,7 @@ def train_many(
     local: LocalConfig,
     *,
     where: str = "",
+    chunk: int | None = None,
 ) -> list[tuple[ModelState, dict[str, float]]]:
     """Local SGD of many clients at once; the vectorised twin of ``local_train``.
 
@@ -144,6 +145,8 @@ def train_many(
         Clients sharing one objective (the first job's ``loss`` serves all: by the
         :class:`Objective` contract it depends only on the shared request args) and
         ``local``.
+    chunk : int, optional
+        At most this many clients per vmapped step (default 128 on CPU, 4096 otherwise).
 
     Returns
     -------
@@ -182,44 +185,42 @@ def train_many(
 
     vg = vmap(grad_and_value(one))
     model.train()
-    all_rows = torch.arange(C, device=x.device)
+    if chunk is None:
+        # On CPU, vmapped (grouped) convolutions over very many clients fall out of cache:
+        # chunks of ~128 clients ran about twice as fast as 1,000 at once.
+        chunk = 128 if x.device.type == "cpu" else 4096
     for s in range(max(n_steps)):
         buckets: dict[int, list[int]] = {}
         for i in range(C):
             if s < n_steps[i]:
                 buckets.setdefault(len(sched[i][s]), []).append(i)
-        for b, rows in buckets.items():
-            full = len(rows) == C
-            rt = all_rows if full else torch.tensor(rows, device=x.device)
-            idx = torch.stack([sched[i][s] for i in rows])
-            inp = static if full else {k: v[rt] for k, v in static.items()}
-            if jobs[0].obj.sample is not None:
-                inp = {**inp, **_stack([jobs[i].obj.sample(b) for i in rows], "sampled inputs")}
-            p = dict(P) if full else {k: v[rt] for k, v in P.items()}
-            g, loss = vg(p, x[idx], y[idx], inp)
-            if full:  # the common case: no gathers or scatters of parameter rows
-                loss_sum += loss.detach().to(torch.float64)
-            else:
-                loss_sum[rt] += loss.detach().to(torch.float64)
-            for k in names:
-                d = g[k]  # a fresh tensor of this step: updated in place below
-                if wd != 0:
-                    d = d.add(p[k], alpha=wd)
-                if mom != 0:
-                    if s == 0:  # every client's first step is step 0: the buffer starts as the gradient
-                        if full:
-                            buf[k] = d
+        for b, bucket in buckets.items():
+            for a in range(0, len(bucket), chunk):
+                rows = bucket[a : a + chunk]
+                # contiguous rows (the common case) are a view: no gathers or scatters
+                sel: slice | torch.Tensor = (
+                    slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] + 1 == len(rows) else torch.tensor(rows, device=x.device)
+                )
+                idx = torch.stack([sched[i][s] for i in rows])
+                inp = {k: v[sel] for k, v in static.items()}
+                if jobs[0].obj.sample is not None:
+                    inp.update(_stack([jobs[i].obj.sample(b) for i in rows], "sampled inputs"))
+                p = {k: v[sel] for k, v in P.items()}
+                g, loss = vg(p, x[idx], y[idx], inp)
+                loss_sum[sel] += loss.detach().to(torch.float64)
+                for k in names:
+                    d = g[k]
+                    if wd != 0:
+                        d = d.add(p[k], alpha=wd)
+                    if mom != 0:
+                        if s == 0:  # every client's first step is step 0: the buffer starts as the gradient
+                            if k not in buf:
+                                buf[k] = torch.zeros_like(P[k])
+                            buf[k][sel] = d
                         else:
-                            buf.setdefault(k, torch.zeros_like(P[k]))[rt] = d
-                    elif full:
-                        d = buf[k].mul_(mom).add_(d)
-                    else:
-                        d = buf[k][rt].mul_(mom).add_(d)
-                        buf[k][rt] = d
-                if full:
-                    P[k] = P[k].add(d, alpha=-lr)
-                else:
-                    P[k][rt] = p[k].add(d, alpha=-lr)
+                            d = buf[k][sel].mul_(mom).add_(d)
+                            buf[k][sel] = d
+                    P[k][sel] = p[k].add(d, alpha=-lr)
     bad = (~torch.isfinite(loss_sum)).nonzero().flatten().tolist()
     if bad:
         i = bad[0]
