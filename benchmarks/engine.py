@@ -304,11 +304,56 @@ def cmd_hfldd(a: argparse.Namespace) -> None:
     write(a.name or f"hfldd_{a.clients}", Path(a.out), res, rows)
 
 
+def cmd_summary(a: argparse.Namespace) -> None:
+    """The issue's targets from the result files in ``--out`` (writes ``summary.md``)."""
+    out = Path(a.out)
+
+    def load(name: str) -> dict[str, Any] | None:
+        f = out / f"{name}.json"
+        return json.loads(f.read_text()) if f.exists() else None
+
+    rows = ["| figure | measured (ratio within one run) | target |", "|---|---|---|"]
+    for dev in ("cpu", "cuda"):
+        r100, r1k = load(f"rounds_100_{dev}"), load(f"rounds_1000_{dev}")
+        if r100:
+            rows.append(f"| [{dev}] vectorised vs sequential, 100 clients, s/round | {r100['speedup_vectorised_vs_sequential']:.2f}x "
+                        f"({r100['median_s']['sequential']:.3f} vs {r100['median_s']['vectorised']:.3f} s) | >= 2x |")
+            rows.append(f"| [{dev}] vectorised / compute floor, 100 clients | {r100['vectorised_over_floor']:.2f}x | <= 2x |")
+        if r1k:
+            rows.append(f"| [{dev}] 1,000 clients: vectorised s/round; vs sequential; / floor | {r1k['median_s']['vectorised']:.2f} s; "
+                        f"{r1k.get('speedup_vectorised_vs_sequential', float('nan')):.2f}x; {r1k['vectorised_over_floor']:.2f}x | timed |")
+            rows.append(f"| [{dev}] 1,000 clients: peak RSS of the process | {r1k['peak_rss_gib']:.2f} GiB | <= 24 GiB |")
+    f100, f1k = load("flower_100"), load("flower_1000")
+    if f100:
+        rows.append(f"| vs Flower simulation, whole {f100['rounds']}-round run at 100 clients (start-up included) | "
+                    f"{f100['whole_run_speedup_vs_flower']:.1f}x ({f100['runs']['flower']['whole_run_s']:.0f} vs "
+                    f"{f100['runs']['fldistill-vectorised']['whole_run_s']:.0f} s) | >= 5x |")
+    if f1k:
+        rows.append(f"| vs Flower simulation, per round at 1,000 clients | {f1k['per_round_speedup_vs_flower']:.1f}x "
+                    f"({f1k['runs']['flower']['s_per_round']:.2f} vs {f1k['runs']['fldistill-vectorised']['s_per_round']:.2f} s) | >= 10x |")
+    kl, hf = load("kl_1000"), load("hfldd_100")
+    if kl:
+        rows.append(f"| HFLDD KL matrix, N = 1,000 (G = {kl['public']}) | {kl['median_s']:.2f} s | seconds |")
+    if hf:
+        sl = hf["soft_labels_s"]
+        rows.append(f"| HFLDD soft labels, 100 clients: sequential / vectorised | {sl['sequential']:.1f} / {sl['vectorised']:.1f} s "
+                    f"({sl['sequential'] / sl['vectorised']:.2f}x) | phase times |")
+        rows.append(f"| HFLDD clustering; KIP per member; heads' round seq / vec | {hf['setup']['clustering_s']:.3f} s; "
+                    f"{hf['setup']['distill_seconds_per_member']:.2f} s; {hf['train_round_median_s']['sequential']:.2f} / "
+                    f"{hf['train_round_median_s']['vectorised']:.2f} s | phase times |")
+    if not load("rounds_100_cuda"):
+        rows.append("| GPU | not measured: no GPU was available to this task | same table on GPU |")
+    text = "# Engine benchmark summary\n\n" + "\n".join(rows) + "\n"
+    (out / "summary.md").write_text(text)
+    print(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, fn in [("rounds", cmd_rounds), ("flower", cmd_flower), ("fldistill-run", cmd_fldistill_run),
-                     ("flower-run", cmd_flower_run), ("kl", cmd_kl), ("hfldd", cmd_hfldd)]:
+                     ("flower-run", cmd_flower_run), ("kl", cmd_kl), ("hfldd", cmd_hfldd),
+                     ("summary", cmd_summary)]:
         s = sub.add_parser(name, help=fn.__doc__.splitlines()[0])
         s.set_defaults(fn=fn)
         s.add_argument("--clients", type=int, default=100)
