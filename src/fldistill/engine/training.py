@@ -193,14 +193,14 @@ def batch_schedule(n: int, local: LocalConfig, gen: torch.Generator) -> Iterator
     b = min(local.batch_size, n)
     if local.unit == "epochs":
         for _ in range(local.amount):
-            perm = torch.randperm(n, generator=gen)
+            perm = torch.randperm(n, generator=gen, device=gen.device)
             for i in range(0, n, b):
                 yield perm[i : i + b]
     else:
-        perm, pos = torch.randperm(n, generator=gen), 0
+        perm, pos = torch.randperm(n, generator=gen, device=gen.device), 0
         for _ in range(local.amount):
             if pos + b > n:
-                perm, pos = torch.randperm(n, generator=gen), 0
+                perm, pos = torch.randperm(n, generator=gen, device=gen.device), 0
             yield perm[pos : pos + b]
             pos += b
 
