@@ -188,7 +188,8 @@ def batch_schedule(n: int, local: LocalConfig, gen: torch.Generator) -> Iterator
     """Index batches for one client's local work.
 
     ``epochs``: E passes over a fresh permutation, the last batch of each pass may be
-    short. ``steps``: E batches drawn by walking successive permutations.
+    short. ``steps``: E batches drawn by walking successive permutations. Indices live on
+    the generator's device (client streams are made on the data's device, e.g. CUDA).
     """
     b = min(local.batch_size, n)
     if local.unit == "epochs":
