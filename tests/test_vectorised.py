@@ -47,6 +47,16 @@ def _not_vec(args, ref, model, tensors, gen) -> Objective:
     return Objective("test_not_vectorisable", lambda net, x, y, inp: F.cross_entropy(net.logits(x), y), vectorisable=False)
 
 
+@objective("test_vmap_breaks")
+def _vmap_breaks(args, ref, model, tensors, gen) -> Objective:
+    def loss(net: Net, x: torch.Tensor, y: torch.Tensor, inp: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = net.logits(x)
+        scale = 1.0 if float(out.mean()) < 1e9 else 0.5  # data-dependent Python: fails under vmap
+        return scale * F.cross_entropy(out, y)
+
+    return Objective("test_vmap_breaks", loss)  # wrongly claims to be vectorisable
+
+
 def _records(run_dir: Path) -> list[dict]:
     return [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -163,6 +173,26 @@ def test_auto_falls_back_for_unsupported_objective(tmp_path: Path, make_cfg) -> 
         notices = [str(x.message) for x in w if issubclass(x.category, RuntimeWarning)]
         # auto falls back silently; a forced vectorised engine says so, once
         assert notices == ([] if eng == "auto" else ["engine=vectorised: task 'train' runs sequentially (objective 'test_not_vectorisable' is not vectorisable)"])
+
+
+def test_unexpected_vmap_failure(tmp_path: Path, make_cfg) -> None:
+    """auto reruns the call sequentially (same replies); a forced vectorised engine raises."""
+    replies = {}
+    for eng in ("sequential", "auto"):
+        method = Runner(make_cfg(engine=eng), tmp_path / eng, quiet=True).build()
+        req = method.model_payload().with_meta(round=1, objective="test_vmap_breaks")
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            replies[eng] = method.comm.call("train", {c: req for c in range(3)}, phase="train")
+        assert method.comm.client_runs == {"batched": 0, "sequential": 3}
+        assert any("running it sequentially" in str(x.message) for x in w) == (eng == "auto")
+    for c in range(3):
+        for k, t in replies["sequential"][c].tensors.items():
+            assert torch.equal(replies["auto"][c].tensors[k], t)
+    method = Runner(make_cfg(engine="vectorised"), tmp_path / "vec", quiet=True).build()
+    req = method.model_payload().with_meta(round=1, objective="test_vmap_breaks")
+    with pytest.raises(RuntimeError):
+        method.comm.call("train", {c: req for c in range(3)}, phase="train")
 
 
 def test_batchnorm_models_fall_back() -> None:

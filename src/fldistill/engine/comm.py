@@ -22,6 +22,7 @@ import torch
 from fldistill.config import LocalConfig
 from fldistill.data.federation import Federation
 from fldistill.engine.training import local_train, make_objective
+from fldistill.errors import TrainingDiverged
 from fldistill.ledger import Kind, Ledger, Payload
 from fldistill.seeding import torch_gen
 
@@ -109,7 +110,9 @@ class InProcessComm:
     engine : {"sequential", "vectorised", "auto"}
         How a call's clients run: one after the other, or batched where the task has a
         batched implementation (:data:`BATCHED_TASKS`) that supports the call. ``auto``
-        falls back silently; ``vectorised`` falls back too, with a one-time warning.
+        falls back silently; ``vectorised`` falls back too, with a one-time warning. If a
+        batched implementation fails unexpectedly (a loss that ``vmap`` cannot run),
+        ``auto`` warns and reruns the call sequentially, ``vectorised`` raises.
 
     Attributes
     ----------
@@ -146,6 +149,20 @@ class InProcessComm:
             done = fn(self, requests)
         except Unsupported as why:
             self._fallback(task_name, str(why))
+            return {}
+        except TrainingDiverged:
+            raise
+        except Exception as err:  # e.g. a loss vmap cannot run (.item(), data-dependent branches)
+            if self.engine == "vectorised":
+                raise
+            # auto: nothing was charged or changed and every client stream is keyed, so the
+            # sequential engine can simply do the call again
+            warnings.warn(
+                f"engine=auto: batched {task_name!r} failed ({type(err).__name__}: {str(err)[:200]}); running it sequentially; "
+                "mark the objective vectorisable=False to silence this",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             return {}
         if len(done) < len(requests):
             self._fallback(task_name, f"{len(requests) - len(done)} of {len(requests)} clients not batchable")
