@@ -13,6 +13,7 @@ Usage (see benchmarks/README.md)::
     python benchmarks/engine.py flower --clients 1000 --rounds 3 --dataset-size 200000
     python benchmarks/engine.py kl --clients 1000
     python benchmarks/engine.py hfldd --clients 100
+    python benchmarks/engine.py summary        # the issue's targets from the result files
 """
 
 from __future__ import annotations
