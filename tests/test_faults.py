@@ -59,7 +59,9 @@ def test_fedavg_round_completes_without_a_lost_client(tmp_path: Path, make_cfg, 
 @pytest.mark.parametrize("policy", ["skip", "reassign"])
 def test_hfldd_lost_head(tmp_path: Path, make_cfg, monkeypatch, policy: str) -> None:
     # k=3 homogeneous clusters -> heterogeneous clusters of 3: a head and two members
-    cfg = make_cfg(method="hfldd", clients=6, rounds=3, params={**HP, "k": 3, "on_lost_head": policy}, public={"size": 50})
+    cfg = make_cfg(
+        method="hfldd", clients=6, rounds=3, params={**HP, "k": 3, "on_lost_head": policy}, public={"size": 50}, engine="sequential"
+    )
     ref = Runner(cfg, tmp_path / "ref", quiet=True)
     ref.run()
     head = json.loads((tmp_path / "ref" / "summary.json").read_text())["heads"][0]

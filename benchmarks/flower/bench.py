@@ -31,6 +31,7 @@ HP = {"k": 2, "pretrain_epochs": 1, "pretrain_lr": 0.05, "distiller": "random", 
 def configs(clients: int, rounds: int) -> dict:
     base = {
         "dataset": "digits", "partition": "classes:2", "clients": clients, "rounds": rounds, "seed": 1,
+        "engine": "sequential",  # Flower nodes run one client each: compare like with like
         "local": {"amount": 1, "lr": 0.05, "batch_size": 32, "momentum": 0.9},
     }
     return {

@@ -12,20 +12,31 @@ payload, so the same function can serve a Flower ``ClientApp`` handler.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from fldistill.config import LocalConfig
 from fldistill.data.federation import Federation
 from fldistill.engine.training import local_train, make_objective
+from fldistill.errors import TrainingDiverged
 from fldistill.ledger import Kind, Ledger, Payload
 from fldistill.seeding import torch_gen
 
 TaskFn = Callable[["ClientContext", Payload], Payload]
 TASKS: dict[str, TaskFn] = {}
+# Batched twins of tasks (the vectorised engine): (comm, requests) -> replies for the
+# clients they could batch; the rest run through TASKS one by one.
+BatchedTaskFn = Callable[["InProcessComm", Mapping[int, Payload]], dict[int, Payload]]
+BATCHED_TASKS: dict[str, BatchedTaskFn] = {}
+Engine = Literal["sequential", "vectorised", "auto"]
+
+
+class Unsupported(Exception):
+    """Raised by a batched task for requests it cannot batch (they run sequentially)."""
 
 
 def task(name: str) -> Callable[[TaskFn], TaskFn]:
@@ -33,6 +44,20 @@ def task(name: str) -> Callable[[TaskFn], TaskFn]:
 
     def deco(fn: TaskFn) -> TaskFn:
         TASKS[name] = fn
+        return fn
+
+    return deco
+
+
+def batched_task(name: str) -> Callable[[BatchedTaskFn], BatchedTaskFn]:
+    """Register the batched implementation of task ``name`` (used by the vectorised engine).
+
+    It must give every client the reply the sequential task would give (up to float
+    rounding); it may leave clients out of its result or raise :class:`Unsupported`.
+    """
+
+    def deco(fn: BatchedTaskFn) -> BatchedTaskFn:
+        BATCHED_TASKS[name] = fn
         return fn
 
     return deco
@@ -82,12 +107,66 @@ class InProcessComm:
         Default local-training settings handed to tasks.
     seed : int
         The run seed (client streams derive from it).
+    engine : {"sequential", "vectorised", "auto"}
+        How a call's clients run: one after the other, or batched where the task has a
+        batched implementation (:data:`BATCHED_TASKS`) that supports the call. ``auto``
+        falls back silently; ``vectorised`` falls back too, with a one-time warning. If a
+        batched implementation fails unexpectedly (a loss that ``vmap`` cannot run),
+        ``auto`` warns and reruns the call sequentially, ``vectorised`` raises.
+
+    Attributes
+    ----------
+    client_runs : dict
+        How many client tasks ran ``batched`` and ``sequential`` (tests, benchmarks).
     """
 
-    def __init__(self, ledger: Ledger, fed: Federation, model: torch.nn.Module, local: LocalConfig, seed: int) -> None:
+    def __init__(
+        self, ledger: Ledger, fed: Federation, model: torch.nn.Module, local: LocalConfig, seed: int, engine: Engine = "sequential"
+    ) -> None:
         self.ledger, self.fed, self.model, self.local, self.seed = ledger, fed, model, local, seed
+        self.engine = engine
         self.stores: dict[int, dict[str, torch.Tensor]] = {}
         self.inboxes: dict[int, list[tuple[int, Payload]]] = {}
+        self.client_runs = {"batched": 0, "sequential": 0}
+        self._warned: set[str] = set()
+
+    def _fallback(self, task_name: str, reason: str) -> None:
+        if self.engine == "vectorised" and task_name not in self._warned:
+            self._warned.add(task_name)
+            warnings.warn(f"engine=vectorised: task {task_name!r} runs sequentially ({reason})", RuntimeWarning, stacklevel=3)
+
+    def _run_batched(self, task_name: str, requests: Mapping[int, Payload]) -> dict[int, Payload]:
+        """Replies of the clients the batched implementation of ``task_name`` handled."""
+        if self.engine == "sequential" or len(requests) < 2:
+            return {}
+        from fldistill.engine import vectorised  # noqa: F401  (registers the batched tasks)
+
+        fn = BATCHED_TASKS.get(task_name)
+        if fn is None:
+            self._fallback(task_name, "no batched implementation")
+            return {}
+        try:
+            done = fn(self, requests)
+        except Unsupported as why:
+            self._fallback(task_name, str(why))
+            return {}
+        except TrainingDiverged:
+            raise
+        except Exception as err:  # e.g. a loss vmap cannot run (.item(), data-dependent branches)
+            if self.engine == "vectorised":
+                raise
+            # auto: nothing was charged or changed and every client stream is keyed, so the
+            # sequential engine can simply do the call again
+            warnings.warn(
+                f"engine=auto: batched {task_name!r} failed ({type(err).__name__}: {str(err)[:200]}); running it sequentially; "
+                "mark the objective vectorisable=False to silence this",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return {}
+        if len(done) < len(requests):
+            self._fallback(task_name, f"{len(requests) - len(done)} of {len(requests)} clients not batchable")
+        return done
 
     def context(self, cid: int) -> ClientContext:
         """The context of client ``cid`` (its store persists across calls)."""
@@ -121,10 +200,13 @@ class InProcessComm:
         """
         fn = TASKS[task_name]
         out: dict[int, Payload] = {}
+        done = self._run_batched(task_name, requests)
+        self.client_runs["batched"] += len(done)
+        self.client_runs["sequential"] += len(requests) - len(done)
         for cid in sorted(requests):
             req = requests[cid]
             self.ledger.charge("server->client", req, phase)
-            reply = fn(self.context(cid), req)
+            reply = done[cid] if cid in done else fn(self.context(cid), req)
             if reply_to is not None and cid in reply_to:
                 dst = int(reply_to[cid])
                 self.ledger.charge("client->client", reply, phase)

@@ -155,7 +155,7 @@ class Runner:
     ) -> None:
         self.out = Path(out_dir)
         # Another transport (Flower) with InProcessComm's interface; the round loop stays here.
-        self.comm_factory: CommFactory = comm_factory or InProcessComm
+        self.comm_factory: CommFactory | None = comm_factory
         self.resume = resume
         self.quiet = quiet
         self.console = console or Console(stderr=True)
@@ -210,7 +210,10 @@ class Runner:
         model = model_for(cfg, fed)
         self.fed, self.model = fed, model
         self.ledger = Ledger(cfg.ledger.b1, cfg.ledger.b2, cfg.ledger.label_bits)
-        self.comm = self.comm_factory(self.ledger, fed, model, cfg.local, cfg.seed)
+        if self.comm_factory is None:
+            self.comm = InProcessComm(self.ledger, fed, model, cfg.local, cfg.seed, engine=cfg.engine)
+        else:
+            self.comm = self.comm_factory(self.ledger, fed, model, cfg.local, cfg.seed)
         ctx = RunContext(cfg, fed, self.comm, model, get_state(model), self.progress, self.out)
         return cls(ctx, params)
 

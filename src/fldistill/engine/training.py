@@ -188,19 +188,20 @@ def batch_schedule(n: int, local: LocalConfig, gen: torch.Generator) -> Iterator
     """Index batches for one client's local work.
 
     ``epochs``: E passes over a fresh permutation, the last batch of each pass may be
-    short. ``steps``: E batches drawn by walking successive permutations.
+    short. ``steps``: E batches drawn by walking successive permutations. Indices live on
+    the generator's device (client streams are made on the data's device, e.g. CUDA).
     """
     b = min(local.batch_size, n)
     if local.unit == "epochs":
         for _ in range(local.amount):
-            perm = torch.randperm(n, generator=gen)
+            perm = torch.randperm(n, generator=gen, device=gen.device)
             for i in range(0, n, b):
                 yield perm[i : i + b]
     else:
-        perm, pos = torch.randperm(n, generator=gen), 0
+        perm, pos = torch.randperm(n, generator=gen, device=gen.device), 0
         for _ in range(local.amount):
             if pos + b > n:
-                perm, pos = torch.randperm(n, generator=gen), 0
+                perm, pos = torch.randperm(n, generator=gen, device=gen.device), 0
             yield perm[pos : pos + b]
             pos += b
 
