@@ -76,6 +76,7 @@ def kdia_cfg(make_cfg):
             "participation": 0.4,
             "rounds": 3,
             "params": {"gen_epochs": 2, "gen_iters": 5, "gen_batch": 16, "noise_dim": 8, "gen_hidden": 16},
+            "local": {"weight_decay": 0.0},  # as the FedAvg runs compared against
         }
         base.update(over)
         return make_cfg(**base)
