@@ -252,8 +252,11 @@ class Runner:
     # -- the loop ----------------------------------------------------------------------
     def _evaluate(self, method: Method) -> dict[str, float]:
         rec: dict[str, float] = {}
+        done: dict[int, tuple[float, float]] = {}  # a state listed under two keys is evaluated once
         for key, state in method.eval_states().items():
-            acc, loss = evaluate(self.model, state, self.fed.x_test, self.fed.y_test, self.cfg.eval_batch_size)
+            if id(state) not in done:
+                done[id(state)] = evaluate(self.model, state, self.fed.x_test, self.fed.y_test, self.cfg.eval_batch_size)
+            acc, loss = done[id(state)]
             pre = f"{key}_" if key else ""
             rec[f"{pre}accuracy"], rec[f"{pre}loss"] = acc, loss
         return rec

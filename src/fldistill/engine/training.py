@@ -82,6 +82,21 @@ class ModuleNet:
         return dict(self.module.named_parameters())
 
 
+def frozen_forward(module: torch.nn.Module, state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``module`` run with the tensors ``state`` on ``x``: eval mode (BN running stats), no grad.
+
+    For the frozen models a local loss compares against (MOON's global and previous
+    models, KDIA's teacher); ``functional_call`` also works inside the vectorised engine.
+    """
+    was = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            return torch.func.functional_call(module, state, (x,))
+    finally:
+        module.train(was)
+
+
 Inputs = dict[str, torch.Tensor]
 # loss(net, x, y, inputs): ``inputs`` holds the objective's per-client tensors merged with
 # the current step's random draws (see :class:`Objective`).

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch.func import functional_call
 
-from fldistill.engine.training import ModelState, Net, Objective, objective, weighted_average
+from fldistill.engine.training import ModelState, Net, Objective, frozen_forward, objective, weighted_average
 from fldistill.ledger import Kind, Payload
 from fldistill.methods import register
 from fldistill.methods.base import RunContext
@@ -74,17 +74,6 @@ class KDIAParams(BaseModel):
     noise_dim: int = Field(100, ge=1, description="dimension of the generator's noise")
     gen_hidden: int = Field(256, ge=8, description="width of the MLP generator (flat features)")
     report: Literal["teacher", "student"] = Field("teacher", description="which model `accuracy` reports")
-
-
-def frozen_logits(model: torch.nn.Module, state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Logits of ``model`` with ``state`` on ``x``: eval mode (BN running stats), no grad."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return functional_call(model, state, (x,))
-    finally:
-        model.train(was)
 
 
 def kl_term(s: torch.Tensor, t: torch.Tensor, tau: float, direction: str) -> torch.Tensor:
@@ -121,7 +110,7 @@ def _kdia(args: dict[str, Any], ref: ModelState, model: torch.nn.Module, tensors
 
     def loss(net: Net, x: torch.Tensor, y: torch.Tensor, inp: dict[str, torch.Tensor]) -> torch.Tensor:
         s = net.logits(x)
-        t = frozen_logits(model, {k: inp["teacher." + k] for k in teacher_keys}, x)
+        t = frozen_forward(model, {k: inp["teacher." + k] for k in teacher_keys}, x)
         # Every term is computed also at weight 0, so that "λ_kd = λ_gen = 0 is FedAvg"
         # checks this code path; the generated features bypass the extractor.
         gen_ce = F.cross_entropy(net.head(inp["gen_h"]), inp["gen_y"])

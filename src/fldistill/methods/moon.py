@@ -23,9 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from torch.func import functional_call
 
-from fldistill.engine.training import ModelState, Net, Objective, objective
+from fldistill.engine.training import ModelState, Net, Objective, frozen_forward, objective
 from fldistill.ledger import Kind, Payload
 from fldistill.methods import register
 from fldistill.methods.base import RunContext
@@ -38,18 +37,6 @@ class MoonParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mu: float = Field(5.0, ge=0, description="weight of the model-contrastive loss (paper/KDIA: 5)")
     temperature: float = Field(0.5, gt=0, description="temperature tau of the contrastive loss")
-
-
-def frozen_features(model: torch.nn.Module, state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """``model.features`` with ``state`` (keys relative to ``features``) on ``x``: eval mode, no grad."""
-    feats = model.features
-    was = feats.training
-    feats.eval()
-    try:
-        with torch.no_grad():
-            return functional_call(feats, state, (x,))
-    finally:
-        feats.train(was)
 
 
 def _features_of(state: ModelState, prefix: str = FEAT) -> dict[str, torch.Tensor]:
@@ -69,8 +56,8 @@ def _moon(
     def loss(net: Net, x: torch.Tensor, y: torch.Tensor, inp: dict[str, torch.Tensor]) -> torch.Tensor:
         h = net.features(x)
         z = h.flatten(1)
-        zg = frozen_features(model, {k: inp["glob." + k] for k in glob}, x).flatten(1)
-        zp = frozen_features(model, {k: inp["prev." + k] for k in glob}, x).flatten(1)
+        zg = frozen_forward(model.features, {k: inp["glob." + k] for k in glob}, x).flatten(1)
+        zp = frozen_forward(model.features, {k: inp["prev." + k] for k in glob}, x).flatten(1)
         sims = torch.stack([F.cosine_similarity(z, zg, dim=1), F.cosine_similarity(z, zp, dim=1)], 1) / tau
         # -log softmax(sims)[:, 0]: the global model's representation is the positive
         con = F.cross_entropy(sims, torch.zeros(len(z), dtype=torch.long, device=z.device))
