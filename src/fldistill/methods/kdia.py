@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch.func import functional_call
 
-from fldistill.engine.training import ModelState, Net, Objective, frozen_forward, objective, weighted_average
+from fldistill.engine.training import ModelState, Net, Objective, frozen_forward, objective
 from fldistill.ledger import Kind, Payload
 from fldistill.methods import register
 from fldistill.methods.base import RunContext
@@ -232,7 +232,7 @@ class KDIA(FedAvg):
         for c, st in zip(ids, states):
             self.bank[c] = self._flatten(st).cpu()
         n_rep = np.array([replies[c].meta["n"] for c in ids], dtype=np.float64)
-        self.set_global(weighted_average(states, n_rep))
+        self.set_global(self.average(replies))
         # Teacher: all clients, from the bank; float64 accumulation as in weighted_average.
         w = teacher_weights(self.sizes, self.cnt, self.last, t0)
         vec = (torch.from_numpy(w) @ self.bank.double()).float().to(self.fed.x.device)
