@@ -369,8 +369,9 @@ def main() -> None:
         s.add_argument("--repeat", type=int, default=3)
         s.add_argument("--vectorised-only", action="store_true", help="rounds: skip the sequential engine")
         s.add_argument("--skip-sequential", action="store_true", help="flower: skip the sequential fldistill run")
-        s.add_argument("--threads", type=int, default=1,
-                       help="torch threads of fldistill (default 1: robust on a shared machine; Flower's workers use 1 each)")
+        s.add_argument("--threads", type=int, default=2,
+                       help="torch threads of fldistill (default 2, the 2 cores Flower's 2 single-threaded workers get; "
+                            "1 is more robust on a heavily shared machine)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     a.fn(a)

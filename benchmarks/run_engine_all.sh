@@ -7,6 +7,6 @@ $PY benchmarks/engine.py rounds --clients 100 --rounds 10
 $PY benchmarks/engine.py rounds --clients 1000 --rounds 3 --dataset-size 200000
 $PY benchmarks/engine.py kl --clients 1000
 $PY benchmarks/engine.py hfldd --clients 100 --rounds 4
-$PY benchmarks/engine.py flower --clients 100 --rounds 100
-$PY benchmarks/engine.py flower --clients 1000 --rounds 3 --dataset-size 200000
+$PY benchmarks/engine.py flower --clients 100 --rounds 100 --skip-sequential
+$PY benchmarks/engine.py flower --clients 1000 --rounds 3 --dataset-size 200000 --skip-sequential
 $PY benchmarks/engine.py summary

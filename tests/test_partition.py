@@ -48,6 +48,23 @@ def test_iid_sizes_balanced_and_labels_mixed() -> None:
     assert ((label_counts(y, parts, 10) > 0).sum(1) >= 8).all()
 
 
+@pytest.mark.parametrize("n, clients", [(1600, 20), (1603, 7), (50, 50)])
+def test_native_iid_equals_flwr_iid_partitioner(n: int, clients: int) -> None:
+    """The in-house IID split is exactly flwr-datasets' IidPartitioner on the same shuffle."""
+    from flwr_datasets.partitioner import IidPartitioner
+
+    from fldistill.data.partition import _index_dataset
+
+    y = np.random.default_rng(5).integers(0, 10, n)
+    ours = partition_indices(y, parse_partition("iid"), clients, seed=4)
+    part = IidPartitioner(num_partitions=clients)
+    part.dataset = _index_dataset(y, np.random.default_rng(4).permutation(n))
+    theirs = [np.sort(np.asarray(part.load_partition(i)["idx"])) for i in range(clients)]
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    _check_disjoint_cover(ours, n)
+    assert sum(len(p) for p in ours) == n
+
+
 def test_dirichlet_small_alpha_is_skewed_and_nonempty() -> None:
     y = _labels(400)
     parts = partition_indices(y, parse_partition("dirichlet:0.1"), 50, seed=0)

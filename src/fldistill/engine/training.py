@@ -125,6 +125,12 @@ class Objective:
         stream, so they do not depend on the engine.
     vectorisable : bool
         False when the loss cannot run under ``torch.func.vmap``.
+    fused : dict, optional
+        Declares that ``loss`` is exactly one of the engine's closed forms, so that a
+        vectorised engine may compute it and its gradient with hand-written batched kernels
+        instead of autograd: ``{"kind": "ce"}`` (mean cross-entropy of the logits) or
+        ``{"kind": "ce+prox", "mu": mu}`` (plus ``mu/2 * sum_k ||p_k - inputs["anchor." + k]||^2``).
+        ``loss`` stays the reference: the engine's tests check the two agree.
     """
 
     name: str
@@ -132,6 +138,7 @@ class Objective:
     inputs: Inputs = field(default_factory=dict)
     sample: Callable[[int], Inputs] | None = None
     vectorisable: bool = True
+    fused: dict[str, Any] | None = None
 
     def step_inputs(self, batch_len: int) -> Inputs:
         """``inputs`` plus this step's random draws."""
@@ -182,7 +189,7 @@ def make_objective(
 
 @objective("ce")
 def _ce(args: dict[str, Any], ref: ModelState, model: torch.nn.Module, tensors: Inputs, gen: torch.Generator) -> Objective:
-    return Objective("ce", lambda net, x, y, inp: F.cross_entropy(net.logits(x), y))
+    return Objective("ce", lambda net, x, y, inp: F.cross_entropy(net.logits(x), y), fused={"kind": "ce"})
 
 
 @objective("fedprox")
@@ -196,7 +203,9 @@ def _fedprox(args: dict[str, Any], ref: ModelState, model: torch.nn.Module, tens
         prox = sum(((p - inp["anchor." + k]) ** 2).sum() for k, p in net.params().items())
         return F.cross_entropy(net.logits(x), y) + 0.5 * mu * prox
 
-    return Objective("fedprox", loss, inputs={"anchor." + k: ref[k].detach() for k in names})
+    return Objective(
+        "fedprox", loss, inputs={"anchor." + k: ref[k].detach() for k in names}, fused={"kind": "ce+prox", "mu": mu}
+    )
 
 
 def batch_schedule(n: int, local: LocalConfig, gen: torch.Generator) -> Iterator[torch.Tensor]:
