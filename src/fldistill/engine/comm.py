@@ -21,7 +21,7 @@ import torch
 
 from fldistill.config import LocalConfig
 from fldistill.data.federation import Federation
-from fldistill.engine.training import local_train, make_objective
+from fldistill.engine.training import ModelState, Objective, local_train, make_objective
 from fldistill.errors import TrainingDiverged
 from fldistill.ledger import Kind, Ledger, Payload
 from fldistill.seeding import torch_gen
@@ -260,6 +260,18 @@ def local_config_from(meta: Mapping[str, Any], default: LocalConfig) -> LocalCon
     return default.model_copy(update=over) if over else default
 
 
+def train_streams(ctx: ClientContext, req: Payload, state: ModelState) -> tuple[Objective, torch.Generator]:
+    """A train request's objective (with its own seeded stream) and its batch-order stream.
+
+    Shared by the sequential task and the vectorised engine, so both draw the same numbers.
+    """
+    rnd = int(req.meta.get("round", 0))
+    obj = make_objective(
+        req.meta.get("objective", "ce"), req.meta.get("objective_args", {}), state, ctx.model, req.tensors, ctx.gen("objective", rnd)
+    )
+    return obj, ctx.gen("train", rnd)
+
+
 @task("train")
 def train_task(ctx: ClientContext, req: Payload) -> Payload:
     """Local training from the model in ``req`` (prefix ``model``).
@@ -287,9 +299,6 @@ def train_task(ctx: ClientContext, req: Payload) -> Payload:
         ys = [y] + [p.tensors["y"].to(y) for _, p in ctx.inbox]
         x, y = torch.cat(xs), torch.cat(ys)
     local = local_config_from(req.meta, ctx.local)
-    rnd = int(req.meta.get("round", 0))
-    obj = make_objective(
-        req.meta.get("objective", "ce"), req.meta.get("objective_args", {}), state, ctx.model, req.tensors, ctx.gen("objective", rnd)
-    )
-    new, stats = local_train(ctx.model, state, x, y, local, obj, ctx.gen("train", rnd), where=f"client {ctx.cid}")
+    obj, gen = train_streams(ctx, req, state)
+    new, stats = local_train(ctx.model, state, x, y, local, obj, gen, where=f"client {ctx.cid}")
     return Payload(meta={**stats}).put_state("model", new, Kind.PARAM)

@@ -55,7 +55,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from fldistill.config import LocalConfig
 from fldistill.engine.fastchain import SplitPlan, ce_grad, run_chain, split_plan
-from fldistill.engine.comm import InProcessComm, Unsupported, batched_task, local_config_from
+from fldistill.engine.comm import InProcessComm, Unsupported, batched_task, local_config_from, train_streams
 from fldistill.engine.training import Inputs, ModelState, Objective, batch_schedule, make_objective
 from fldistill.errors import TrainingDiverged
 from fldistill.ledger import Kind, Payload
@@ -185,6 +185,8 @@ def train_many(
     TrainingDiverged
         If a client's loss became NaN or infinite.
     """
+    if kernels not in ("auto", "autograd"):
+        raise ValueError(f"kernels must be 'auto' or 'autograd', got {kernels!r}")
     why = model_unsupported(model)
     if why:
         raise Unsupported(why)
@@ -204,8 +206,6 @@ def train_many(
     loss_sum = torch.zeros(C, dtype=torch.float64, device=x.device)
     loss_fn = jobs[0].obj.loss
     lr, mom, wd = local.lr, local.momentum, local.weight_decay
-    if kernels not in ("auto", "autograd"):
-        raise ValueError(f"kernels must be 'auto' or 'autograd', got {kernels!r}")
     plan = split_plan(model) if kernels == "auto" else None
     fused = jobs[0].obj.fused if plan is not None else None
 
@@ -244,14 +244,11 @@ def train_many(
                         d = d.add(p[k], alpha=wd)
                     if mom != 0:
                         if s == 0:  # every client's first step is step 0: the buffer starts as the gradient
-                            if k not in buf:
-                                buf[k] = torch.zeros_like(P[k])
-                            buf[k][sel] = d
-                        elif view:
-                            d = buf[k][sel].mul_(mom).add_(d)
+                            buf.setdefault(k, torch.zeros_like(P[k]))[sel] = d
                         else:
                             d = buf[k][sel].mul_(mom).add_(d)
-                            buf[k][sel] = d
+                            if not view:  # a gathered copy: write it back
+                                buf[k][sel] = d
                     if view:
                         p[k].add_(d, alpha=-lr)
                     else:
@@ -364,11 +361,8 @@ def train_batched(comm: InProcessComm, requests: Mapping[int, Payload]) -> dict[
                     extra_y.append(iy)
                     size += len(iy)
             state = req.get_state("model")
-            rnd = int(req.meta.get("round", 0))
-            obj = make_objective(
-                req.meta.get("objective", "ce"), req.meta.get("objective_args", {}), state, comm.model, req.tensors, ctx.gen("objective", rnd)
-            )
-            jobs.append(ClientJob(cid, state, index, obj, ctx.gen("train", rnd)))
+            obj, gen = train_streams(ctx, req, state)
+            jobs.append(ClientJob(cid, state, index, obj, gen))
         if extra_x:
             x, y = torch.cat([x, *extra_x]), torch.cat([y, *extra_y])
         local = local_config_from(requests[group[0]].meta, comm.local)

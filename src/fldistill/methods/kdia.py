@@ -208,43 +208,28 @@ class KDIA(FedAvg):
         base.put_state("gen", self.generator.state_dict(), Kind.SEED if (free and self.gen_version == 0) else Kind.PARAM)
         return {c: base for c in clients}
 
-    def round(self, t: int) -> dict[str, Any]:
-        # The code counts rounds from 0; the recency weights depend on it (see teacher_weights).
-        t0 = t - 1
-        clients = self.sample_clients(t)
-        last_before = self.last.copy()
-        self.cnt[clients] += 1
-        self.last[clients] = t0
-        name, args = self.objective()
-        base = self.model_payload().with_meta(round=t, objective=name, objective_args=args)
-        bar = self.ctx.progress(f"round {t}: local training", len(clients))
-        replies = self.comm.call(self.task, self.requests(t, clients, base), phase="train", progress=bar)
+    def after_replies(self, t: int, replies: dict[int, Payload]) -> dict[str, Any]:
+        """Bank, counts, teacher and generator after FedAvg's round has averaged the student."""
         ids = sorted(replies)
-        lost = sorted(set(clients) - set(ids))
-        if lost:
-            # A client that never answered (a runtime with faults) keeps its old bank entry,
-            # so it must not gain participation or recency weight for this round.
-            self.cnt[lost] -= 1
-            self.last[lost] = last_before[lost]
         if not ids:
-            return {"participants": 0, "lost": len(lost)}
+            return {"participants": 0, "lost": len(self.sample_clients(t))}
+        # Only clients whose reply arrived gain participation and recency: a lost one (a
+        # runtime with faults) keeps its old bank entry. The code counts rounds from 0 and
+        # the recency weights depend on it (see teacher_weights).
+        t0 = t - 1
+        self.cnt[ids] += 1
+        self.last[ids] = t0
         states = [replies[c].get_state("model") for c in ids]
         for c, st in zip(ids, states):
             self.bank[c] = self._flatten(st).cpu()
         n_rep = np.array([replies[c].meta["n"] for c in ids], dtype=np.float64)
-        self.set_global(self.average(replies))
         # Teacher: all clients, from the bank; float64 accumulation as in weighted_average.
         w = teacher_weights(self.sizes, self.cnt, self.last, t0)
         vec = (torch.from_numpy(w) @ self.bank.double()).float().to(self.fed.x.device)
         self.teacher = self._unflatten(vec, self.global_state)
         self.teacher_version += 1
         gen_stats = self.train_generator(t, states, n_rep / n_rep.sum())
-        return {
-            "train_loss": self.mean_meta(replies, "loss"),
-            "participants": len(ids),
-            "teacher_clients": int((w > 0).sum()),
-            **gen_stats,
-        }
+        return {"participants": len(ids), "teacher_clients": int((w > 0).sum()), **gen_stats}
 
     def train_generator(self, t: int, states: list[ModelState], p: np.ndarray) -> dict[str, float]:
         """Fit the generator to the participants' frozen heads (logit average with weights ``p``)."""

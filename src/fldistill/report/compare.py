@@ -362,6 +362,18 @@ _DISPLAY_HEADERS = [
 ]
 
 
+# The terminal table's columns: a display header -> its short name.
+_TERMINAL_HEADERS = {
+    "run": "run",
+    "final acc (mean 5)": "last5",
+    "best acc": "best",
+    "total comm.": "sent",
+    "rounds to target": "rounds",
+    "comm. to target": "sent",
+    "s / round": "s/rnd",
+}
+
+
 def render_table(rows: list[dict], title: str = "") -> Table:
     """Build a rich table of comparison rows, for printing with ``rich.console.Console``.
 
@@ -383,9 +395,8 @@ def render_table(rows: list[dict], title: str = "") -> Table:
     from rich import box
 
     table = Table(title=title or None, box=box.SIMPLE_HEAD, pad_edge=False)
-    keep = [0, 2, 3, 4, 5, 6, 8]  # run, mean of last 5, best, sent, rounds/sent to target, s/round
-    heads = ["run", "last5", "best", "sent", "rounds", "sent", "s/rnd"]
-    for i, header in enumerate(heads):
+    keep = [_DISPLAY_HEADERS.index(h) for h in _TERMINAL_HEADERS]
+    for i, header in enumerate(_TERMINAL_HEADERS.values()):
         table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
     for row in rows:
         cells = _display_cells(row)
