@@ -149,7 +149,7 @@ def compute_floor_round(method: Any, t: int, kernels: str = "torch") -> float:
 
 def cmd_rounds(a: argparse.Namespace) -> None:
     """Seconds per FedAvg round: sequential, vectorised and the compute floor, interleaved."""
-    from fldistill.engine.runner import Runner
+    from fldistill.runner import Runner
 
     t_start = time.perf_counter()
     runner = Runner(fedavg_cfg(a.clients, a.rounds, a.dataset_size, a.device), tempfile.mkdtemp(), quiet=True)
@@ -204,7 +204,7 @@ def cmd_rounds(a: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- flower
 def cmd_fldistill_run(a: argparse.Namespace) -> None:
     """A whole fldistill run (what ``fldistill run`` does); prints per-round wall times as JSON."""
-    from fldistill.engine.runner import Runner
+    from fldistill.runner import Runner
 
     t0 = time.perf_counter()
     out = Path(tempfile.mkdtemp()) / "run"
@@ -292,8 +292,8 @@ def cmd_kl(a: argparse.Namespace) -> None:
 def cmd_hfldd(a: argparse.Namespace) -> None:
     """HFLDD's phase times on mnist1d (classes:2): soft labels per engine, clustering, distillation, training."""
     from fldistill.config import parse_config
-    from fldistill.engine.runner import Runner
-    from fldistill.methods.hfldd import heterogeneous_clusters
+    from fldistill.runner import Runner
+    from fldistill.cluster.knowledge import heterogeneous_clusters
 
     # classes:2 and |D~_i| = 50 so that KIP really runs (single-class members, or members
     # with fewer samples than |D~_i|, send their data without distilling)
@@ -305,7 +305,7 @@ def cmd_hfldd(a: argparse.Namespace) -> None:
     soft: dict[str, float] = {}
     for eng in ("sequential", "vectorised"):
         method.comm.engine = eng
-        soft[eng] = heterogeneous_clusters(method, method.params).times["soft_labels_s"]
+        soft[eng] = heterogeneous_clusters(method.comm, method.model_payload(), method.params, cfg.seed).times["soft_labels_s"]
     info = method.setup()  # vectorised soft labels again, clustering, distillation
     train = {"sequential": [], "vectorised": []}
     for t in range(1, a.rounds + 1):

@@ -29,7 +29,7 @@ def _setup(clients: int, dataset_size: int | None) -> dict[str, Any]:
         from engine import fedavg_cfg
 
         from fldistill.data.federation import build_federation
-        from fldistill.engine.runner import resolve_defaults, resolve_model_name
+        from fldistill.runner import resolve_defaults, resolve_model_name
         from fldistill.models import build_model
         from fldistill.seeding import seed_for
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from fldistill.report.topology import plot_topology
 from fldistill.cluster import (
     choose_heads,
     cluster_sampling,
@@ -17,7 +18,6 @@ from fldistill.cluster import (
     kmeans_rows,
     label_coverage,
     load_clustering,
-    plot_topology,
     purity,
     save_clustering,
 )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fldistill.engine.runner import Runner
+from fldistill.runner import Runner
 from fldistill.errors import TrainingDiverged
 from fldistill.models import build_model
 
@@ -23,7 +23,7 @@ def _metrics(run_dir: Path, drop_wall: bool = True) -> list[dict]:
 
 def _n_params(cfg) -> int:
     from fldistill.data.registry import dataset_info
-    from fldistill.engine.runner import resolve_model_name
+    from fldistill.runner import resolve_model_name
 
     info = dataset_info(cfg.dataset)
     m = build_model(resolve_model_name(cfg), info.input_shape, info.n_classes)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fldistill.engine.comm import InProcessComm
-from fldistill.engine.runner import Runner
+from fldistill.runner import Runner
 
 HP = {"k": 2, "pretrain_epochs": 1, "pretrain_lr": 0.05, "distiller": "random", "distill_size": 20}
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 
-from fldistill.engine.runner import Runner
+from fldistill.runner import Runner
 
 
 def _metrics(d: Path) -> list[dict]:

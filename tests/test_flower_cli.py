@@ -35,7 +35,7 @@ def test_core_never_imports_flwr() -> None:
     import sys
 
     code = (
-        "import sys, fldistill.cli, fldistill.engine.runner; fldistill.cli.make_parser(); "
+        "import sys, fldistill.cli, fldistill.runner; fldistill.cli.make_parser(); "
         "from fldistill.methods import all_methods; all_methods(); "
         "sys.exit(int(any(m.split('.')[0] == 'flwr' for m in sys.modules)))"
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fldistill.engine.runner import federation_for, resolve_defaults
+from fldistill.runner import federation_for, resolve_defaults
 from fldistill.flower.nodecache import load_federation, node_federation, save_federation
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fldistill.cluster import load_clustering
-from fldistill.engine.runner import Runner
+from fldistill.runner import Runner
 
 HP = {"k": 10, "pretrain_epochs": 2, "pretrain_lr": 0.05, "pretrain_momentum": 0.9, "distiller": "random", "distill_size": 20}
 

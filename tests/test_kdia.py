@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fldistill.engine.runner import Runner
+from fldistill.runner import Runner
 from fldistill.methods.kdia import kl_term, teacher_weights
 from fldistill.models import build_model
 from fldistill.models.generator import FeatureGenerator

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fldistill.engine.runner import Runner
+from fldistill.runner import Runner
 
 
 def _metrics(run_dir: Path) -> list[dict]:

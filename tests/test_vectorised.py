@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from fldistill.config import LocalConfig
-from fldistill.engine.runner import Runner
+from fldistill.runner import Runner
 from fldistill.engine.training import Net, Objective, local_train, make_objective, objective
 from fldistill.engine.vectorised import ClientJob, model_unsupported, train_many
 from fldistill.errors import ConfigError, TrainingDiverged

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from fldistill.config import parse_config
-from fldistill.engine.runner import Runner
+from fldistill.runner import Runner
 from fldistill.flower.local import LocalDeployment
 from fldistill.flower.sim import run_flower_simulation
 

@@ -48,7 +48,7 @@ def _fmt_bits(bits: int) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fldistill.engine.runner import Runner
+    from fldistill.runner import Runner
 
     cfg = build_config(args)
     out = Path(args.out) if args.out else Path("runs") / cfg.run_name()
@@ -102,7 +102,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the quickstart comparison: methods on mnist1d, 1 class per client, then compare."""
-    from fldistill.engine.runner import Runner
+    from fldistill.runner import Runner
     from fldistill.report.compare import compare_runs, render_table
 
     out = Path(args.out)

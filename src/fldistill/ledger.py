@@ -20,7 +20,48 @@ HOPS: tuple[str, ...] = (
     "client->client",
     "cloud->edge",
     "edge->cloud",
+    "edge->client",
+    "client->edge",
 )
+
+# Roles are logical addresses: "server", "cloud", "edge:<k>" (edge server / cluster k),
+# "client:<i>". A hop is priced by the kinds of its two ends.
+SERVER = "server"
+CLOUD = "cloud"
+ROLE_KINDS = ("server", "cloud", "edge", "client")
+
+
+def edge(k: int) -> str:
+    """The role of edge server (or cluster model holder) ``k``."""
+    return f"edge:{int(k)}"
+
+
+def role_kind(role: str) -> str:
+    """``"server"``, ``"cloud"``, ``"edge"`` or ``"client"`` of a role address.
+
+    Raises
+    ------
+    ValueError
+        For an address that names no role.
+    """
+    kind, _, index = str(role).partition(":")
+    if kind not in ROLE_KINDS or (kind in ("edge", "client")) != bool(index) or (index and not index.isdigit()):
+        raise ValueError(f"unknown role {role!r}; roles are 'server', 'cloud', 'edge:<k>' and 'client:<i>'")
+    return kind
+
+
+def hop(src: str, dst: str) -> str:
+    """The ledger hop of a message from role ``src`` to role ``dst``.
+
+    Raises
+    ------
+    ValueError
+        If the two roles do not talk to each other (e.g. cloud and client).
+    """
+    name = f"{role_kind(src)}->{role_kind(dst)}"
+    if name not in HOPS:
+        raise ValueError(f"no hop from {src!r} to {dst!r}; valid hops: {', '.join(HOPS)}")
+    return name
 
 
 class Kind(str, Enum):

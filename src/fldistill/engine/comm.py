@@ -1,9 +1,13 @@
-"""Roles, tasks and the in-process transport.
+"""Roles, tasks and the transports.
 
-A method is a protocol: the server side sends :class:`Payload` requests to clients,
-clients run a named *task* and reply. The transport prices every request and reply in
-the :class:`~fldistill.ledger.Ledger` and may route a reply to another client (a
-device-to-device transfer, e.g. member -> cluster head) instead of the server.
+A method is a protocol between roles: the server (or an edge server, or the cloud)
+sends :class:`Payload` requests to clients, clients run a named *task* and reply. Every
+transport is a :class:`Comm`: it prices every request and reply in the
+:class:`~fldistill.ledger.Ledger` on the hop between the two roles, and may route a reply
+to another client (a device-to-device transfer, e.g. member -> cluster head) instead of
+back to the sender. The routing and pricing are written once, in :meth:`Comm.call`; a
+transport only says how tasks run (:meth:`Comm._execute`: in this process, or on Flower
+SuperNodes) and how a device-to-device message reaches its receiver (:meth:`Comm._deliver`).
 
 Client tasks are plain functions registered with :func:`task`. They see only their
 :class:`ClientContext` (own data, a persistent store, seeded random streams) and the
@@ -12,18 +16,21 @@ payload, so the same function can serve a Flower ``ClientApp`` handler.
 
 from __future__ import annotations
 
+import json
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from pydantic import ValidationError
 
 from fldistill.config import LocalConfig
 from fldistill.data.federation import Federation
 from fldistill.engine.training import ModelState, Objective, local_train, make_objective
-from fldistill.errors import TrainingDiverged
-from fldistill.ledger import Kind, Ledger, Payload
+from fldistill.errors import ConfigError, TrainingDiverged
+from fldistill.ledger import SERVER, Kind, Ledger, Payload, hop
 from fldistill.seeding import torch_gen
 
 TaskFn = Callable[["ClientContext", Payload], Payload]
@@ -92,8 +99,132 @@ class ClientContext:
         return torch_gen(self.seed, "client", self.cid, *keys, device=self.fed.x.device)
 
 
-class InProcessComm:
-    """Runs tasks directly, in this process, and prices every message.
+class Comm(ABC):
+    """The transport a method talks to: the one declared interface of every engine.
+
+    Methods use only :meth:`call`, :meth:`send`, :meth:`inbox_meta` and the attributes
+    below; they never read a transport's internals.
+
+    Attributes
+    ----------
+    ledger : Ledger
+        Where every message is priced.
+    fed : Federation
+        The clients' data (the server side reads only what a server may: test sets,
+        the public set, sample counts).
+    model : torch.nn.Module
+        The worker module (architecture of every client).
+    local : LocalConfig
+        Default local-training settings handed to tasks.
+    seed : int
+        The run seed (client streams derive from it).
+    """
+
+    ledger: Ledger
+    fed: Federation
+    model: torch.nn.Module
+    local: LocalConfig
+    seed: int
+
+    def call(
+        self,
+        task_name: str,
+        requests: Mapping[int, Payload],
+        *,
+        phase: str,
+        sender: str = SERVER,
+        reply_to: Mapping[int, int] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[int, Payload]:
+        """Send ``requests[cid]`` from role ``sender`` to each client, run ``task_name``, route replies.
+
+        Parameters
+        ----------
+        task_name : str
+            A registered client task (:func:`task`).
+        requests : mapping
+            ``{client id: request}``.
+        phase : str
+            The ledger phase the messages are booked under.
+        sender : str
+            The role that sends the requests and receives the replies: ``"server"``
+            (hops ``server->client`` / ``client->server``) or an edge ``"edge:<k>"``
+            (``edge->client`` / ``client->edge``), see :func:`fldistill.ledger.edge`.
+        reply_to : mapping, optional
+            ``{sender client: receiving client}``: that client's reply goes to the
+            receiver's inbox (hop ``client->client``) instead of back to ``sender``.
+        progress : callable, optional
+            Called with 1 after each client, for progress bars.
+
+        Returns
+        -------
+        dict
+            The replies that came back to ``sender``, by client id. A client that did
+            not answer (a lost Flower node) is absent; its request is still priced.
+        """
+        if task_name not in TASKS:
+            raise ConfigError(f"unknown client task {task_name!r}; known: {', '.join(sorted(TASKS))}")
+        down, up = hop(sender, "client:0"), hop("client:0", sender)
+        for cid in sorted(requests):
+            self.ledger.charge(down, requests[cid], phase)
+        replies = self._execute(task_name, requests, progress)
+        out: dict[int, Payload] = {}
+        # Routed in client order, so ledgers and inbox orders are the same on every transport.
+        for cid in sorted(requests):
+            if cid not in replies:
+                continue
+            reply = replies[cid]
+            if reply_to is not None and cid in reply_to:
+                self.ledger.charge("client->client", reply, phase)
+                self._deliver(int(reply_to[cid]), cid, reply)
+            else:
+                self.ledger.charge(up, reply, phase)
+                out[cid] = reply
+        return out
+
+    def send(self, payload: Payload, *, src: str, dst: str, phase: str) -> int:
+        """Price a transfer between two server-side roles (``edge:<k>`` <-> ``cloud``); returns its bits.
+
+        Server-side roles live in the server process (or the ServerApp), so nothing
+        moves; the ledger books the hop as a real deployment would send it.
+        """
+        h = hop(src, dst)
+        if "client" in h:
+            raise ValueError(f"send() is for server-side roles; clients are reached with call() (got {src!r} -> {dst!r})")
+        return self.ledger.charge(h, payload, phase)
+
+    def inbox_meta(self, cid: int) -> list[tuple[int, dict[str, Any]]]:
+        """Sender and metadata of each device-to-device message delivered to client ``cid``."""
+        return [(src, dict(p.meta)) for src, p in self.inboxes.get(cid, [])]
+
+    def round_report(self) -> dict[str, Any]:
+        """Entries for the metrics record of the round that just ended (e.g. lost clients)."""
+        return {}
+
+    # -- what a transport provides ---------------------------------------------------
+    inboxes: dict[int, list[tuple[int, Payload]]]
+
+    @abstractmethod
+    def _execute(
+        self, task_name: str, requests: Mapping[int, Payload], progress: Callable[[int], None] | None
+    ) -> dict[int, Payload]:
+        """Run ``task_name`` on each requested client; the replies that came, by client id."""
+
+    @abstractmethod
+    def _deliver(self, dst: int, src: int, reply: Payload) -> None:
+        """Hand client ``src``'s reply to client ``dst`` (its inbox, before its next task)."""
+
+    @abstractmethod
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Transport state for checkpoints: tensors plus JSON metadata."""
+
+    @abstractmethod
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+
+
+class InProcessComm(Comm):
+    """Runs tasks directly, in this process; routing and pricing are :class:`Comm`'s.
 
     Parameters
     ----------
@@ -174,53 +305,22 @@ class InProcessComm:
             cid, self.fed, self.model, self.local, self.seed, self.stores.setdefault(cid, {}), self.inboxes.setdefault(cid, [])
         )
 
-    def call(
-        self,
-        task_name: str,
-        requests: Mapping[int, Payload],
-        *,
-        phase: str,
-        reply_to: Mapping[int, int] | None = None,
-        progress: Callable[[int], None] | None = None,
+    def _execute(
+        self, task_name: str, requests: Mapping[int, Payload], progress: Callable[[int], None] | None
     ) -> dict[int, Payload]:
-        """Send ``requests[cid]`` to each client, run ``task_name``, collect replies.
-
-        Parameters
-        ----------
-        reply_to : mapping, optional
-            ``{sender: receiver}``: that sender's reply goes to the receiving client's
-            inbox (hop ``client->client``) instead of back to the server.
-        progress : callable, optional
-            Called with 1 after each client, for progress bars.
-
-        Returns
-        -------
-        dict
-            Replies that came back to the server, by client id.
-        """
         fn = TASKS[task_name]
-        out: dict[int, Payload] = {}
         done = self._run_batched(task_name, requests)
         self.client_runs["batched"] += len(done)
         self.client_runs["sequential"] += len(requests) - len(done)
+        out: dict[int, Payload] = {}
         for cid in sorted(requests):
-            req = requests[cid]
-            self.ledger.charge("server->client", req, phase)
-            reply = done[cid] if cid in done else fn(self.context(cid), req)
-            if reply_to is not None and cid in reply_to:
-                dst = int(reply_to[cid])
-                self.ledger.charge("client->client", reply, phase)
-                self.inboxes.setdefault(dst, []).append((cid, reply))
-            else:
-                self.ledger.charge("client->server", reply, phase)
-                out[cid] = reply
+            out[cid] = done[cid] if cid in done else fn(self.context(cid), requests[cid])
             if progress is not None:
                 progress(1)
         return out
 
-    def charge(self, hop: str, payload: Payload, phase: str) -> int:
-        """Price a transfer between server-side roles (edge <-> cloud)."""
-        return self.ledger.charge(hop, payload, phase)
+    def _deliver(self, dst: int, src: int, reply: Payload) -> None:
+        self.inboxes.setdefault(dst, []).append((src, reply))
 
     # -- checkpointing of client-side state --------------------------------------------
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -255,9 +355,33 @@ class InProcessComm:
 
 
 def local_config_from(meta: Mapping[str, Any], default: LocalConfig) -> LocalConfig:
-    """The request's local-training overrides (``meta["local"]``) on top of the default."""
+    """The request's local-training overrides (``meta["local"]``) on top of the default, validated.
+
+    Raises
+    ------
+    ConfigError
+        If an override is not a valid local-training setting (a negative lr, an unknown key).
+    """
     over = meta.get("local")
-    return default.model_copy(update=over) if over else default
+    if not over:
+        return default
+    key = json.dumps(over, sort_keys=True, default=str)
+    cached = _LOCAL_CACHE.get((id(default), key))
+    if cached is not None and cached[0] is default:
+        return cached[1]
+    try:
+        cfg = type(default).model_validate({**default.model_dump(), **over})
+    except ValidationError as err:
+        e = err.errors()[0]
+        raise ConfigError(f"invalid local.{'.'.join(str(p) for p in e['loc'])} in a request: {e['msg']} (got {e.get('input')!r})") from None
+    if len(_LOCAL_CACHE) > 256:  # one entry per distinct override set of a run: a handful
+        _LOCAL_CACHE.clear()
+    _LOCAL_CACHE[(id(default), key)] = (default, cfg)
+    return cfg
+
+
+# Validated override sets, so that 1,000 clients with the same request validate once.
+_LOCAL_CACHE: dict[tuple[int, str], tuple[LocalConfig, LocalConfig]] = {}
 
 
 def train_streams(ctx: ClientContext, req: Payload, state: ModelState) -> tuple[Objective, torch.Generator]:

@@ -1,7 +1,7 @@
 """The Flower apps: a ServerApp that runs the method through the shared Runner, and a
 ClientApp that serves every registered client task.
 
-The ServerApp never copies the round loop: it builds :class:`~fldistill.engine.runner.Runner`
+The ServerApp never copies the round loop: it builds :class:`~fldistill.runner.Runner`
 with a :class:`~fldistill.flower.comm.FlowerComm` instead of the in-process transport.
 The ClientApp registers one handler per task (message type ``train.<task>``), builds the
 same :class:`~fldistill.data.federation.Federation` from the run config as every other
@@ -57,7 +57,7 @@ def _run_config_value(context: Context, key: str, given: str | None) -> str:
 def _node_objects(cfg_json: str) -> tuple[RunConfig, Federation, torch.nn.Module]:
     hit = _NODE_CACHE.get(cfg_json)
     if hit is None:
-        from fldistill.engine.runner import model_for
+        from fldistill.runner import model_for
         from fldistill.flower.nodecache import node_federation
 
         cfg = parse_config(json.loads(cfg_json))
@@ -128,7 +128,7 @@ def make_server_app(cfg_json: str | None = None, out: str | None = None, *, quie
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        from fldistill.engine.runner import Runner
+        from fldistill.runner import Runner
 
         cfg = parse_config(json.loads(_run_config_value(context, CONFIG_KEY, cfg_json)))
         out_dir = Path(_run_config_value(context, OUT_KEY, out))
@@ -160,7 +160,7 @@ def write_app(cfg: RunConfig, out: str | Path, app_dir: str | Path) -> Path:
     """
     import tomli_w
 
-    from fldistill.engine.runner import Runner
+    from fldistill.runner import Runner
 
     resolved = Runner(cfg, Path(out), quiet=True).cfg  # validates and resolves defaults
     app_dir = Path(app_dir)

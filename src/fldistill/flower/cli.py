@@ -39,7 +39,7 @@ def _setup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from fldistill.flower import require_flwr
 
     require_flwr()
-    from fldistill.engine.runner import Runner
+    from fldistill.runner import Runner
 
     cfg = build_config(args)
     out = Path(args.out) if args.out else Path("runs") / (cfg.run_name() + "-flower")

@@ -1,9 +1,8 @@
-"""The server side of the Flower engine: :class:`FlowerComm`, a drop-in for InProcessComm.
+"""The server side of the Flower engine: :class:`FlowerComm`, a :class:`~fldistill.engine.comm.Comm`.
 
 Each ``call`` sends one Flower ``Message`` per client, of type ``train.<task>``, waits at
-most ``timeout_s`` for the replies, and prices every request and reply in the ledger
-exactly as :class:`~fldistill.engine.comm.InProcessComm` does, so the two engines end
-with the same ledger.
+most ``timeout_s`` for the replies; the routing and pricing are the shared
+:meth:`Comm.call`, so the in-process and Flower engines end with the same ledger.
 
 Device-to-device transfers (``reply_to``) are relayed: Flower's topology is a star, so
 the member's reply comes to the server, which forwards it with the next message it sends
@@ -31,7 +30,7 @@ from flwr.serverapp import Grid
 
 from fldistill.config import LocalConfig
 from fldistill.data.federation import Federation
-from fldistill.engine.comm import TASKS
+from fldistill.engine.comm import Comm
 from fldistill.errors import ConfigError
 from fldistill.flower.codec import get_payload, put_inbox, put_payload
 from fldistill.ledger import Ledger, Payload
@@ -109,8 +108,8 @@ def discover_nodes(grid: Grid, n_clients: int, timeout_s: float, reply_timeout_s
     return out
 
 
-class FlowerComm:
-    """Runs tasks on Flower SuperNodes; same interface and ledger as InProcessComm.
+class FlowerComm(Comm):
+    """Runs tasks on Flower SuperNodes; routing and pricing are :class:`~fldistill.engine.comm.Comm`'s.
 
     Parameters
     ----------
@@ -152,35 +151,21 @@ class FlowerComm:
         self.missing_by_round: list[list[int]] = []
         self.call_seconds: list[float] = []
 
-    def call(
-        self,
-        task_name: str,
-        requests: Mapping[int, Payload],
-        *,
-        phase: str,
-        reply_to: Mapping[int, int] | None = None,
-        progress: Callable[[int], None] | None = None,
+    def _execute(
+        self, task_name: str, requests: Mapping[int, Payload], progress: Callable[[int], None] | None
     ) -> dict[int, Payload]:
-        """Send ``requests[cid]`` to each client's node, run ``task_name`` there, collect replies.
-
-        Same contract as :meth:`InProcessComm.call`, except that clients which do not
-        answer within ``timeout_s`` are missing from the result (and recorded).
-        """
-        if task_name not in TASKS:
-            raise ConfigError(f"unknown client task {task_name!r}; known: {', '.join(sorted(TASKS))}")
+        """One Flower message per client node; the replies that came within ``timeout_s``."""
         t0 = time.perf_counter()
         msgs: list[Message] = []
         cid_of_node: dict[int, int] = {}
         missing: list[int] = []
         for cid in sorted(requests):
-            req = requests[cid]
-            self.ledger.charge("server->client", req, phase)
             node = self.nodes.get(cid)
             if node is None:
                 missing.append(cid)
                 continue
             rd = RecordDict()
-            put_payload(rd, "req", req, task=task_name, cid=cid)
+            put_payload(rd, "req", requests[cid], task=task_name, cid=cid)
             relayed = self.pending.pop(cid, [])
             if relayed:
                 put_inbox(rd, "relay", relayed)
@@ -199,36 +184,22 @@ class FlowerComm:
                 log.warning("client %d: no result for %s (%s)", cid, task_name, m.error.reason)
                 continue
             got[cid] = get_payload(m.content, "reply", self.fed.x.device)[0]
-        # Charge in client order, as InProcessComm does, so ledgers and inbox orders match.
-        out: dict[int, Payload] = {}
-        for cid in sorted(requests):
-            if cid not in got:
-                if cid in self.nodes:
-                    missing.append(cid)
-                continue
-            reply = got[cid]
-            if reply_to is not None and cid in reply_to:
-                dst = int(reply_to[cid])
-                self.ledger.charge("client->client", reply, phase)
-                self.pending.setdefault(dst, []).append((cid, reply))
-                self.inboxes.setdefault(dst, []).append((cid, Payload(meta=dict(reply.meta))))
-            else:
-                self.ledger.charge("client->server", reply, phase)
-                out[cid] = reply
             if progress is not None:
                 progress(1)
+        missing += [cid for cid in sorted(requests) if cid in self.nodes and cid not in got]
         if missing:
-            log.warning("%s (%s): no reply from client(s) %s within %.0f s", task_name, phase, sorted(missing), self.timeout_s)
+            log.warning("%s: no reply from client(s) %s within %.0f s", task_name, sorted(missing), self.timeout_s)
             self.missing.extend(missing)
         self.call_seconds.append(time.perf_counter() - t0)
-        return out
+        return got
 
-    def charge(self, hop: str, payload: Payload, phase: str) -> int:
-        """Price a transfer between server-side roles (edge <-> cloud)."""
-        return self.ledger.charge(hop, payload, phase)
+    def _deliver(self, dst: int, src: int, reply: Payload) -> None:
+        """Relayed: the tensors go to ``dst``'s node with its next message; metadata is kept here."""
+        self.pending.setdefault(dst, []).append((src, reply))
+        self.inboxes.setdefault(dst, []).append((src, Payload(meta=dict(reply.meta))))
 
     def round_report(self) -> dict[str, Any]:
-        """Entries for the metrics record of the round that just ended (then reset)."""
+        """Lost clients and relay counters of the round that just ended (then reset)."""
         missing = sorted(set(self.missing))
         self.missing = []
         self.missing_by_round.append(missing)

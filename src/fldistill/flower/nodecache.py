@@ -75,7 +75,7 @@ def load_federation(path: Path, device: torch.device | str = "cpu") -> Federatio
 
 def node_federation(cfg: RunConfig) -> Federation:
     """The run's federation, from this machine's cache when a node already built it."""
-    from fldistill.engine.runner import federation_for
+    from fldistill.runner import federation_for
 
     path = cache_dir() / "flower-federations" / _key(cfg)
     if (path / "meta.json").is_file():

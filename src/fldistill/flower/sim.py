@@ -25,7 +25,7 @@ def run_flower_simulation(cfg: RunConfig, out: str | Path, *, num_cpus: int = 2,
     """
     from flwr.simulation import run_simulation
 
-    from fldistill.engine.runner import Runner
+    from fldistill.runner import Runner
 
     out = Path(out)
     resolved = Runner(cfg, out, quiet=True).cfg  # fail fast on a bad config, before Ray starts

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict
 
 from fldistill.config import RunConfig
 from fldistill.data.federation import Federation
-from fldistill.engine.comm import InProcessComm
+from fldistill.engine.comm import Comm
+from fldistill.engine.state import StateBank
 from fldistill.engine.training import ModelState, weighted_average
 from fldistill.ledger import Kind, Payload
 from fldistill.seeding import np_rng
@@ -39,7 +40,7 @@ class RunContext:
 
     cfg: RunConfig
     fed: Federation
-    comm: InProcessComm
+    comm: Comm  # the transport: call(), send(), inbox_meta()
     model: torch.nn.Module  # the reusable worker module (architecture of every client)
     init_state: ModelState  # the seeded initial model
     progress: ProgressFactory  # progress("label", total) -> advance(n)
@@ -67,6 +68,7 @@ class Method:
         self.ctx, self.cfg, self.fed, self.comm, self.params = ctx, ctx.cfg, ctx.fed, ctx.comm, params
         self.global_state: ModelState = {k: v.clone() for k, v in ctx.init_state.items()}
         self.version = 0  # 0 = the seeded initial model, which travels for free
+        self.banks: dict[str, StateBank] = {}  # checkpointed with the method (new_bank)
 
     @classmethod
     def uses_public(cls, params: BaseModel) -> bool:
@@ -90,15 +92,47 @@ class Method:
         """Extra entries for ``summary.json``."""
         return {}
 
+    # -- state banks -----------------------------------------------------------------
+    def new_bank(
+        self,
+        name: str,
+        template: ModelState,
+        rows: int | None = None,
+        *,
+        fill: Literal["zeros", "template"] = "zeros",
+        device: torch.device | str | None = None,
+    ) -> StateBank:
+        """A :class:`~fldistill.engine.state.StateBank` saved and restored with this method.
+
+        ``rows`` defaults to one per client; use the number of clusters for per-cluster
+        state, or 0 for a growing list (:meth:`StateBank.append`).
+        """
+        if name in self.banks:
+            raise ValueError(f"bank {name!r} exists already")
+        bank = StateBank(template, self.fed.n_clients if rows is None else rows, fill=fill, device=device)
+        self.banks[name] = bank
+        return bank
+
     # -- checkpoint --------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Server-side state as tensors plus JSON metadata."""
-        return {f"global/{k}": v for k, v in self.global_state.items()}, {"version": self.version}
+        """Server-side state as tensors plus JSON metadata (the global model and every bank)."""
+        tensors = {f"global/{k}": v for k, v in self.global_state.items()}
+        banks: dict[str, Any] = {}
+        for name, bank in self.banks.items():
+            bt, banks[name] = bank.state_dict()
+            tensors.update({f"bank/{name}/{k}": v for k, v in bt.items()})
+        return tensors, {"version": self.version, "banks": banks}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`."""
         self.global_state = {k[len("global/"):]: v.clone() for k, v in tensors.items() if k.startswith("global/")}
         self.version = int(meta["version"])
+        saved = meta.get("banks", {})
+        if set(saved) != set(self.banks):
+            raise ValueError(f"the checkpoint holds banks {sorted(saved)}, this method {sorted(self.banks)}")
+        for name, bank in self.banks.items():
+            pre = f"bank/{name}/"
+            bank.load_state_dict({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}, saved[name])
 
     # -- helpers -----------------------------------------------------------------------
     def model_payload(self, state: ModelState | None = None, prefix: str = "model", *, initial: bool | None = None) -> Payload:

@@ -37,7 +37,7 @@ Deviations and readings:
   code's ``max_ave_num=10`` caps at ``expert_epochs``); the ``min`` only matters for
   ``expert_epochs=1``, where the code would crash.
 * DSA on 1-D inputs (mnist1d) uses the 1-D strategy ``scale_shift_noise_stretch`` (see
-  :mod:`fldistill.methods.dsa`); images use the code's ``color_crop_cutout_flip_scale_rotate``
+  :mod:`fldistill.augment`); images use the code's ``color_crop_cutout_flip_scale_rotate``
   with one random group per call (the code's ``aug_mode='S'``).
 * Clients train with ``config.local`` (this library's SGD), not the code's Adam lr 1e-3,
   so that DynaFed and FedAvg share their client side.
@@ -64,7 +64,7 @@ from fldistill.errors import TrainingDiverged
 from fldistill.ledger import Payload
 from fldistill.methods import register
 from fldistill.methods.base import RunContext
-from fldistill.methods.dsa import DSA
+from fldistill.augment import DSA
 from fldistill.methods.fedavg import FedAvg
 from fldistill.seeding import np_rng, torch_gen
 
@@ -143,16 +143,13 @@ class DynaFed(FedAvg):
         self.p: DynaFedParams = params  # type: ignore[assignment]
         shape = tuple(self.fed.input_shape)
         self.augment = DSA(shape, self.p.dsa_strategy, self.p.dsa_mode) if self.p.dsa else None
-        self.traj: list[ModelState] = [self._copy(self.global_state)]
+        self.traj = self.new_bank("traj", self.global_state, rows=0)  # w_0, w_1, ... (grows each round)
+        self.traj.append(self.global_state)
         self.synthesised = False
         self.syn_x: torch.Tensor | None = None
         self.syn_y: torch.Tensor | None = None
         self.syn_lr: torch.Tensor | None = None
         self.synthesis_info: dict[str, Any] = {}
-
-    @staticmethod
-    def _copy(state: ModelState) -> ModelState:
-        return {k: v.detach().clone() for k, v in state.items()}
 
     # -- aggregation -------------------------------------------------------------------
     def average(self, replies: dict[int, Payload], prefix: str = "model") -> ModelState:
@@ -172,7 +169,7 @@ class DynaFed(FedAvg):
         if self.synthesised:
             out["finetune_loss"] = self.finetune(t)
         else:
-            self.traj.append(self._copy(self.global_state))
+            self.traj.append(self.global_state)
         out["synthesised"] = int(self.synthesised)
         return out
 
@@ -197,7 +194,7 @@ class DynaFed(FedAvg):
         opt_y = torch.optim.Adam([y_syn], lr=p.lr_label)
         opt_lr = torch.optim.Adam([syn_lr], lr=p.lr_lr)
 
-        traj = self.traj
+        traj = [self.traj.get(i) for i in range(len(self.traj))]
         max_start = min(p.max_start_epoch, len(traj) - 1 - p.expert_epochs)
         k_lo, k_hi = min(p.least_ave_num, p.expert_epochs), p.expert_epochs
         batch = min(p.batch_syn or n, n)
@@ -256,7 +253,7 @@ class DynaFed(FedAvg):
             model.train(was_training)
         self.syn_x, self.syn_y, self.syn_lr = x_syn.detach(), y_syn.detach(), syn_lr.detach()
         self.synthesised = True
-        self.traj = []  # stop recording, free the copies
+        self.traj.clear()  # stop recording, free the copies
         self.synthesis_info = {
             "synthesis_s": round(time.perf_counter() - t0, 4),
             "synthesis_loss": last,
@@ -305,23 +302,17 @@ class DynaFed(FedAvg):
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, meta = super().state_dict()
-        for i, st in enumerate(self.traj):
-            tensors.update({f"traj/{i}/{k}": v for k, v in st.items()})
         if self.synthesised:
             assert self.syn_x is not None and self.syn_y is not None and self.syn_lr is not None
             tensors.update({"syn/x": self.syn_x, "syn/y": self.syn_y, "syn/lr": self.syn_lr.reshape(1)})
         meta.update(
             synthesised=self.synthesised,
-            traj_len=len(self.traj),
-            state_keys=list(self.global_state),
             synthesis_info=self.synthesis_info,
         )
         return tensors, meta
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         super().load_state_dict(tensors, meta)
-        keys = meta["state_keys"]
-        self.traj = [{k: tensors[f"traj/{i}/{k}"].clone() for k in keys} for i in range(int(meta["traj_len"]))]
         self.synthesised = bool(meta["synthesised"])
         self.synthesis_info = dict(meta.get("synthesis_info", {}))
         if self.synthesised:

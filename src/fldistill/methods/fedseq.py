@@ -25,11 +25,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from fldistill.cluster.knowledge import ClusteringParams, heterogeneous_clusters
 from fldistill.engine.comm import ClientContext, task
 from fldistill.ledger import Kind, Payload
 from fldistill.methods import register
 from fldistill.methods.base import Method
-from fldistill.methods.hfldd import ClusteringParams, heterogeneous_clusters
 from fldistill.seeding import np_rng
 
 
@@ -68,7 +68,7 @@ class FedSeq(Method):
         p: FedSeqParams = self.params
         n = self.fed.n_clients
         if p.clusters == "hfldd":
-            cl = heterogeneous_clusters(self, p)
+            cl = heterogeneous_clusters(self.comm, self.model_payload(), p, self.cfg.seed, self.ctx.progress("soft labels", n))
             self.clusters, self.heads = cl.clusters, cl.heads
             info: dict[str, Any] = {"purity": cl.purity, **cl.times}
         else:

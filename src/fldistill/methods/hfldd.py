@@ -36,44 +36,22 @@ Deviations and readings, all configurable:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from fldistill.cluster import (
-    choose_heads,
-    cluster_sampling,
-    kl_matrix,
-    kmeans_rows,
-    label_coverage,
-    plot_topology,
-    purity,
-    save_clustering,
-)
+from fldistill.cluster import save_clustering
+from fldistill.cluster.knowledge import ClusteringParams, heterogeneous_clusters
 from fldistill.distill import distill
-from fldistill.engine.comm import ClientContext, local_config_from, task
-from fldistill.engine.training import local_train, make_objective, predict_proba
+from fldistill.engine.comm import ClientContext, task
 from fldistill.ledger import Kind, Payload
 from fldistill.methods import register
-from fldistill.methods.base import Method
+from fldistill.methods.base import RunContext
+from fldistill.methods.fedavg import FedAvg
+from fldistill.report.topology import plot_topology
 from fldistill.seeding import np_rng, torch_gen
-
-
-class ClusteringParams(BaseModel):
-    """HFLDD's label-knowledge clustering (shared with FedSeq, which reuses its clusters)."""
-
-    model_config = ConfigDict(extra="forbid")
-    k: int = Field(10, ge=1, description="K of K-Means (homogeneous clusters)")
-    pretrain_epochs: int = Field(10, ge=1, description="E1 (paper: 10)")
-    pretrain_unit: Literal["epochs", "steps"] = "epochs"
-    pretrain_lr: float = Field(0.01, gt=0)
-    # The paper says plain SGD; on mnist1d's small clients (2 steps/epoch) that leaves the
-    # soft labels near uniform and K-Means purity at 0.7. Momentum 0.9 gives purity 1.0.
-    pretrain_momentum: float = Field(0.9, ge=0, lt=1)
-    pretrain_batch: int = Field(64, ge=1)
 
 
 class HFLDDParams(ClusteringParams):
@@ -88,19 +66,6 @@ class HFLDDParams(ClusteringParams):
     on_lost_head: Literal["skip", "reassign"] = "skip"
 
 
-@task("soft_labels")
-def soft_labels_task(ctx: ClientContext, req: Payload) -> Payload:
-    """Train from the received model, then predict soft labels on the public set."""
-    state = req.get_state("model")
-    x, y = ctx.data("train")
-    local = local_config_from(req.meta, ctx.local)
-    obj = make_objective("ce", {}, state, ctx.model)
-    trained, stats = local_train(ctx.model, state, x, y, local, obj, ctx.gen("pretrain"), where=f"client {ctx.cid} pre-training")
-    pub = torch.as_tensor(ctx.fed.public.x, device=x.device)
-    soft = predict_proba(ctx.model, trained, pub)
-    return Payload(meta={"n": len(y), "loss": stats["loss"]}).put("soft", soft, Kind.FLOAT)
-
-
 @task("distill")
 def distill_task(ctx: ClientContext, req: Payload) -> Payload:
     """Distil the local data; the reply goes to the cluster head (device to device)."""
@@ -111,69 +76,28 @@ def distill_task(ctx: ClientContext, req: Payload) -> Payload:
     return reply.put("x", res.x.to(x.device), Kind.DATA).put("y", res.y.to(y.device), Kind.LABEL)
 
 
-@dataclass
-class Clustering:
-    """The outcome of HFLDD's label-knowledge clustering."""
-
-    homog: np.ndarray
-    clusters: list[list[int]]
-    heads: list[int]
-    k: int
-    purity: float
-    coverage: list[dict]
-    M: torch.Tensor
-    times: dict[str, float]
-
-
-def heterogeneous_clusters(method: Method, p: ClusteringParams) -> Clustering:
-    """Label knowledge collection + heterogeneous client clustering (Algorithm 2, l. 2-21).
-
-    Every client pre-trains from the seeded initial model and uploads soft labels on the
-    public set (phase ``soft_labels``); the server clusters them.
-    """
-    fed, n, times = method.fed, method.fed.n_clients, {}
-    t0 = time.perf_counter()
-    pre = {"unit": p.pretrain_unit, "amount": p.pretrain_epochs, "lr": p.pretrain_lr, "momentum": p.pretrain_momentum, "batch_size": p.pretrain_batch}
-    req = method.model_payload().with_meta(local=pre)
-    replies = method.comm.call("soft_labels", {c: req for c in range(n)}, phase="soft_labels", progress=method.ctx.progress("soft labels", n))
-    # A client that did not answer (a lost Flower node) is left out of the clustering.
-    present = sorted(replies)
-    if not present:
-        raise RuntimeError("HFLDD: no client answered the soft-label collection; nothing to cluster")
-    soft = torch.stack([replies[c].tensors["soft"] for c in present])
-    times["soft_labels_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    M = kl_matrix(soft)
-    k = min(p.k, len(present))
-    homog = kmeans_rows(M.cpu().numpy(), k, method.cfg.seed)
-    rng = np_rng(method.cfg.seed, "hfldd-clusters")
-    clusters = [[present[i] for i in c] for c in cluster_sampling(homog, rng)]
-    heads = choose_heads(clusters, rng)
-    times["clustering_s"] = time.perf_counter() - t0
-    counts = fed.label_counts()
-    pur = purity(homog, [frozenset(np.flatnonzero(counts[c]).tolist()) for c in present])
-    return Clustering(homog, clusters, heads, k, pur, label_coverage(clusters, heads, counts), M, times)
-
-
 @register
-class HFLDD(Method):
+class HFLDD(FedAvg):
+    """HFLDD: the setup phases, then FedAvg whose clients are the cluster heads."""
+
     name = "hfldd"
     description = "HFLDD: KL soft-label clustering, heterogeneous clusters, KIP-distilled data to heads, FedAvg among heads"
     Params = HFLDDParams
     needs_public = True
     # Heads hold ~10 clients' data (40+ steps per epoch): they need centralized-like lr.
     local_defaults = {"amount": 2, "lr": 0.05, "batch_size": 32}
+    round_label = "heads"
 
-    def __init__(self, ctx, params) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, ctx: RunContext, params: BaseModel) -> None:
         super().__init__(ctx, params)
         self.heads: list[int] = []
         self.clusters: list[list[int]] = []
         self.lost: set[int] = set()  # heads that failed to answer in some round
 
     def setup(self) -> dict[str, Any]:
-        p: HFLDDParams = self.params
+        p: HFLDDParams = self.params  # type: ignore[assignment]
         fed, n = self.fed, self.fed.n_clients
-        cl = heterogeneous_clusters(self, p)
+        cl = heterogeneous_clusters(self.comm, self.model_payload(), p, self.cfg.seed, self.ctx.progress("soft labels", n))
         self.clusters, self.heads, times = cl.clusters, cl.heads, dict(cl.times)
         homog, k, pur, coverage, M = cl.homog, cl.k, cl.purity, cl.coverage, cl.M
 
@@ -181,12 +105,10 @@ class HFLDD(Method):
         t0 = time.perf_counter()
         route = {m: h for cl, h in zip(self.clusters, self.heads) for m in cl if m != h}
         dreq = Payload(meta={"distiller": p.distiller, "size": p.distill_size, "params": p.distill_params})
-        dist_s: list[float] = []
         bar = self.ctx.progress(f"distillation ({p.distiller})", len(route))
-        # replies go to heads' inboxes; we read the per-member seconds from them
         self.comm.call("distill", {m: dreq for m in route}, phase="distill", reply_to=route, progress=bar)
-        for h in self.heads:
-            dist_s += [pl.meta["seconds"] for _, pl in self.comm.inboxes.get(h, [])]
+        # the per-member seconds travel with the distilled data, in the heads' inboxes
+        dist_s = [meta["seconds"] for h in self.heads for _, meta in self.comm.inbox_meta(h)]
         times["distill_s"] = time.perf_counter() - t0
 
         sizes = [len(c) for c in self.clusters]
@@ -209,20 +131,25 @@ class HFLDD(Method):
             )
         return {k: v for k, v in self._setup_info.items() if not isinstance(v, list)}
 
-    def round(self, t: int) -> dict[str, Any]:
-        req = self.model_payload().with_meta(round=t, use_inbox=True)
-        replies = self.comm.call("train", {h: req for h in self.heads}, phase="train", progress=self.ctx.progress(f"round {t}: heads", len(self.heads)))
-        if replies:  # clusters whose head did not answer sit this round out
-            self.set_global(self.average(replies))
+    # -- FedAvg's round, among the heads -------------------------------------------------
+    def sample_clients(self, t: int) -> list[int]:
+        """Every head takes part in every round."""
+        return list(self.heads)
+
+    def request_meta(self, t: int) -> dict[str, Any]:
+        return {"use_inbox": True}  # heads train on their own data plus what members sent
+
+    def after_replies(self, t: int, replies: dict[int, Payload]) -> dict[str, Any]:
+        """Clusters whose head did not answer sat this round out; ``on_lost_head`` says what next."""
         lost = [h for h in self.heads if h not in replies]
         self.lost.update(lost)
-        if lost and self.params.on_lost_head == "reassign":
+        if lost and self.params.on_lost_head == "reassign":  # type: ignore[attr-defined]
             self._reassign(t, lost)
-        return {"train_loss": self.mean_meta(replies, "loss"), "lost_heads": len(lost)}
+        return {"lost_heads": len(lost)}
 
     def _reassign(self, t: int, lost: list[int]) -> None:
         """Replace each lost head by a live member, which receives the members' data again."""
-        p: HFLDDParams = self.params
+        p: HFLDDParams = self.params  # type: ignore[assignment]
         dreq = Payload(meta={"distiller": p.distiller, "size": p.distill_size, "params": p.distill_params})
         for i, (cl, h) in enumerate(zip(self.clusters, self.heads)):
             cand = [m for m in cl if m not in self.lost]

@@ -166,29 +166,22 @@ class KDIA(FedAvg):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed_for(self.cfg.seed, "kdia", "generator-init"))
             self.generator = build_generator(ctx.model, self.gen_args).to(self.fed.x.device)
-        self.teacher: ModelState = {k: v.clone() for k, v in ctx.init_state.items()}
-        self.teacher_version = 0  # 0 = the initial model (free as a seed)
-        self.gen_version = 0  # 0 = the seeded initial generator
-        # Only floating entries go to the bank; integer buffers follow the student.
-        self.float_keys = [k for k, v in self.global_state.items() if v.is_floating_point()]
-        init_flat = self._flatten(ctx.init_state)
-        n = self.fed.n_clients
-        self.bank = init_flat.detach().to("cpu").repeat(n, 1)  # N x |θ| float32, CPU
-        self.cnt = np.zeros(n, dtype=np.int64)
-        self.last = np.full(n, -1, dtype=np.int64)
+        # Server models, one row each; version 0 = derivable from the seed (free to send).
+        self.teachers = self.new_bank("teacher", ctx.init_state, rows=1, fill="template")
+        self.generators = self.new_bank("generator", self.generator.state_dict(), rows=1, fill="template")
+        # Every client's latest upload (floating entries only: integer buffers follow the
+        # student), N x |θ| float32 on the CPU; clients that never took part hold the
+        # initial model, with teacher weight 0.
+        floats = {k: v for k, v in ctx.init_state.items() if v.is_floating_point()}
+        self.uploads = self.new_bank("uploads", floats, fill="template", device="cpu")
+        stats = {"cnt": torch.tensor(0, dtype=torch.int64), "last": torch.tensor(-1, dtype=torch.int64)}
+        self.stats = self.new_bank("stats", stats, fill="template", device="cpu")
         self.sizes = self.fed.train_sizes()
 
-    # -- flat model vectors --------------------------------------------------------------
-    def _flatten(self, state: ModelState) -> torch.Tensor:
-        return torch.cat([state[k].detach().reshape(-1).float() for k in self.float_keys])
-
-    def _unflatten(self, vec: torch.Tensor, like: ModelState) -> ModelState:
-        out, i = dict(like), 0
-        for k in self.float_keys:
-            v = like[k]
-            out[k] = vec[i : i + v.numel()].view_as(v).to(v)
-            i += v.numel()
-        return out
+    @property
+    def teacher(self) -> ModelState:
+        """The teacher θ_T."""
+        return self.teachers.get(0)
 
     # -- protocol --------------------------------------------------------------------------
     def objective(self) -> tuple[str, dict[str, Any]]:
@@ -204,8 +197,8 @@ class KDIA(FedAvg):
     def requests(self, t: int, clients: list[int], base: Payload) -> dict[int, Payload]:
         free = self.cfg.ledger.init_model_free
         base = base.with_meta()
-        base.put_state("teacher", self.teacher, Kind.SEED if (free and self.teacher_version == 0) else Kind.PARAM)
-        base.put_state("gen", self.generator.state_dict(), Kind.SEED if (free and self.gen_version == 0) else Kind.PARAM)
+        base.put_state("teacher", self.teacher, self.teachers.kind(0, free))
+        base.put_state("gen", self.generators.get(0), self.generators.kind(0, free))
         return {c: base for c in clients}
 
     def after_replies(self, t: int, replies: dict[int, Payload]) -> dict[str, Any]:
@@ -217,17 +210,17 @@ class KDIA(FedAvg):
         # runtime with faults) keeps its old bank entry. The code counts rounds from 0 and
         # the recency weights depend on it (see teacher_weights).
         t0 = t - 1
-        self.cnt[ids] += 1
-        self.last[ids] = t0
+        cnt, last = self.stats.field("cnt"), self.stats.field("last")
+        cnt[ids] += 1
+        last[ids] = t0
         states = [replies[c].get_state("model") for c in ids]
         for c, st in zip(ids, states):
-            self.bank[c] = self._flatten(st).cpu()
+            self.uploads.set(c, st)
         n_rep = np.array([replies[c].meta["n"] for c in ids], dtype=np.float64)
         # Teacher: all clients, from the bank; float64 accumulation as in weighted_average.
-        w = teacher_weights(self.sizes, self.cnt, self.last, t0)
-        vec = (torch.from_numpy(w) @ self.bank.double()).float().to(self.fed.x.device)
-        self.teacher = self._unflatten(vec, self.global_state)
-        self.teacher_version += 1
+        w = teacher_weights(self.sizes, cnt.numpy(), last.numpy(), t0)
+        vec = (torch.from_numpy(w) @ self.uploads.matrix().double()).float().to(self.fed.x.device)
+        self.teachers.set(0, {**self.global_state, **self.uploads.layout.unflatten(vec, torch.float32)})
         gen_stats = self.train_generator(t, states, n_rep / n_rep.sum())
         return {"participants": len(ids), "teacher_clients": int((w > 0).sum()), **gen_stats}
 
@@ -247,6 +240,7 @@ class KDIA(FedAvg):
 
         g = torch_gen(self.cfg.seed, "kdia", "generator", t, device=dev)
         gen = self.generator
+        gen.load_state_dict(self.generators.get(0))  # the bank is the truth (a resumed run)
         gen.train()
         was = head.training
         head.eval()
@@ -274,39 +268,20 @@ class KDIA(FedAvg):
                 bar(1)
         finally:
             head.train(was)
-        self.gen_version += 1
+        self.generators.set(0, gen.state_dict())
         # Metrics of the last epoch: the head-ensemble CE and the diversity ratio d.
         return {"gen_ce": ce_sum / prm.gen_iters, "gen_d": d_sum / prm.gen_iters}
 
     def eval_states(self) -> dict[str, ModelState]:
         p: KDIAParams = self.params  # type: ignore[assignment]
-        primary = self.teacher if p.report == "teacher" else self.global_state
-        return {"": primary, "student": self.global_state, "teacher": self.teacher}
+        teacher = self.teacher
+        primary = teacher if p.report == "teacher" else self.global_state
+        return {"": primary, "student": self.global_state, "teacher": teacher}
 
     def summary_extra(self) -> dict[str, Any]:
-        return {"bank_bytes": int(self.bank.numel() * self.bank.element_size()), "generator_parameters": self.generator_params()}
+        bank = self.uploads.matrix()
+        return {"bank_bytes": int(bank.numel() * bank.element_size()), "generator_parameters": self.generator_params()}
 
     def generator_params(self) -> int:
         """Number of generator parameters (the downlink also carries its BN statistics)."""
         return sum(p.numel() for p in self.generator.parameters())
-
-    # -- checkpoint ------------------------------------------------------------------------
-    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors, meta = super().state_dict()
-        tensors.update({f"teacher/{k}": v for k, v in self.teacher.items()})
-        tensors.update({f"generator/{k}": v for k, v in self.generator.state_dict().items()})
-        tensors["bank"] = self.bank
-        tensors["cnt"] = torch.from_numpy(self.cnt)
-        tensors["last"] = torch.from_numpy(self.last)
-        meta.update(teacher_version=self.teacher_version, gen_version=self.gen_version)
-        return tensors, meta
-
-    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        super().load_state_dict(tensors, meta)
-        self.teacher = {k[len("teacher/"):]: v.clone() for k, v in tensors.items() if k.startswith("teacher/")}
-        self.generator.load_state_dict({k[len("generator/"):]: v for k, v in tensors.items() if k.startswith("generator/")})
-        self.bank = tensors["bank"].detach().to("cpu").clone()
-        self.cnt = tensors["cnt"].cpu().numpy().copy()
-        self.last = tensors["last"].cpu().numpy().copy()
-        self.teacher_version, self.gen_version = int(meta["teacher_version"]), int(meta["gen_version"])
-

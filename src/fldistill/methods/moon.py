@@ -10,7 +10,7 @@ gradient and in eval mode (as the official code), ``sim`` = cosine. On a client'
 participation the global model stands in for the previous one (as the official code,
 whose initial "old" nets equal the global model).
 
-The previous local models are kept server-side on the clients' behalf and sent back as
+The previous local models are kept server-side on the clients' behalf (a state bank) and sent back as
 :attr:`~fldistill.ledger.Kind.STATE` (free): only their ``features.*`` part, which is
 all ``z_prev`` needs, so memory is N x |features| float32 (mnist1d_cnn: 3,950 values, so
 1,000 clients hold 15.8 MB). Traffic is exactly FedAvg's.
@@ -41,6 +41,11 @@ class MoonParams(BaseModel):
 
 def _features_of(state: ModelState, prefix: str = FEAT) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _feature_entries(state: ModelState) -> ModelState:
+    """The ``features.*`` entries of a model state, names kept."""
+    return {k: v for k, v in state.items() if k.startswith(FEAT)}
 
 
 @objective("moon")
@@ -75,28 +80,17 @@ class Moon(FedAvg):
 
     def __init__(self, ctx: RunContext, params: MoonParams) -> None:
         super().__init__(ctx, params)
-        self.prev_bank: dict[int, ModelState] = {}  # features.* of each client's last local model
+        # features.* of each client's last local model (unwritten: the global model stands in)
+        self.prev = self.new_bank("prev", _feature_entries(self.global_state))
 
     def objective(self) -> tuple[str, dict[str, Any]]:
         return "moon", {"mu": self.params.mu, "temperature": self.params.temperature}
 
     def requests(self, t: int, clients: list[int], base: Payload) -> dict[int, Payload]:
-        glob = {k: v for k, v in self.global_state.items() if k.startswith(FEAT)}
-        return {cid: base.with_meta().put_state("prev", self.prev_bank.get(cid, glob), Kind.STATE) for cid in clients}
+        glob = _feature_entries(self.global_state)
+        return {cid: base.with_meta().put_state("prev", self.prev.get(cid, glob), Kind.STATE) for cid in clients}
 
     def after_replies(self, t: int, replies: dict[int, Payload]) -> dict[str, Any]:
         for cid, rep in replies.items():
-            self.prev_bank[cid] = {k: v for k, v in rep.get_state("model").items() if k.startswith(FEAT)}
+            self.prev.set(cid, _feature_entries(rep.get_state("model")))
         return {}
-
-    # -- checkpoint --------------------------------------------------------------------
-    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors, meta = super().state_dict()
-        for cid, st in self.prev_bank.items():
-            tensors.update({f"moon_prev/{cid}/{k}": v for k, v in st.items()})
-        return tensors, {**meta, "moon_clients": sorted(self.prev_bank)}
-
-    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        super().load_state_dict(tensors, meta)
-        keys = [k for k in self.global_state if k.startswith(FEAT)]
-        self.prev_bank = {int(c): {k: tensors[f"moon_prev/{c}/{k}"].clone() for k in keys} for c in meta.get("moon_clients", [])}

@@ -2,9 +2,10 @@
 
 The server keeps the global control variate ``c`` and, on behalf of every client, that
 client's own control variate ``c_i`` (a real client holds it; here it is sent back as
-:attr:`~fldistill.ledger.Kind.STATE`, which is free). Memory: N x |params| float32,
-allocated when a client first takes part (mnist1d_cnn: 5,210 parameters, so 1,000
-clients hold 20.8 MB).
+:attr:`~fldistill.ledger.Kind.STATE`, which is free), both in state banks
+(:meth:`~fldistill.methods.base.Method.new_bank`, checkpointed with the method). Memory:
+N x |params| float32, allocated when the first client's variate is written
+(mnist1d_cnn: 5,210 parameters, so 1,000 clients hold 20.8 MB).
 
 Per round, each sampled client receives the model x (PARAM; the seeded first model is
 free), ``c`` (FLOAT, priced every round) and its ``c_i`` (STATE, free); it trains on
@@ -110,15 +111,21 @@ class Scaffold(FedAvg):
     def __init__(self, ctx: RunContext, params: ScaffoldParams) -> None:
         super().__init__(ctx, params)
         self.param_names = [k for k, _ in ctx.model.named_parameters()]
-        self.c: ModelState = {k: torch.zeros_like(self.global_state[k]) for k in self.param_names}
-        self.c_bank: dict[int, ModelState] = {}  # c_i of clients that took part; absent = 0
+        zeros = {k: torch.zeros_like(self.global_state[k]) for k in self.param_names}
+        self.c_server = self.new_bank("c", zeros, rows=1)  # the global control variate c
+        self.c_clients = self.new_bank("ci", zeros)  # c_i of every client; unwritten = 0
+
+    @property
+    def c(self) -> ModelState:
+        """The global control variate."""
+        return self.c_server.get(0)
 
     def objective(self) -> tuple[str, dict[str, Any]]:
         return ("scaffold", {}) if self.params.correction else ("ce", {})
 
     def client_c(self, cid: int) -> ModelState:
         """Client ``cid``'s control variate (zeros before its first round)."""
-        return self.c_bank.get(cid) or {k: torch.zeros_like(v) for k, v in self.c.items()}
+        return self.c_clients.get(cid)
 
     @property
     def task(self) -> str:  # type: ignore[override]
@@ -138,22 +145,8 @@ class Scaffold(FedAvg):
         dcs = [replies[cid].get_state("dc") for cid in ids]
         for cid, dc in zip(ids, dcs):
             ci = self.client_c(cid)
-            self.c_bank[cid] = {k: ci[k] + dc[k] for k in self.param_names}
-        self.c = {k: self.c[k] + frac * torch.stack([dc[k] for dc in dcs]).mean(0) for k in self.param_names}
-        return {"c_norm": float(torch.sqrt(sum((v.double() ** 2).sum() for v in self.c.values())))}
-
-    # -- checkpoint --------------------------------------------------------------------
-    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors, meta = super().state_dict()
-        tensors.update({f"scaffold_c/{k}": v for k, v in self.c.items()})
-        for cid, ci in self.c_bank.items():
-            tensors.update({f"scaffold_ci/{cid}/{k}": v for k, v in ci.items()})
-        return tensors, {**meta, "scaffold_clients": sorted(self.c_bank)}
-
-    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        super().load_state_dict(tensors, meta)
-        self.c = {k: tensors[f"scaffold_c/{k}"].clone() for k in self.param_names}
-        self.c_bank = {
-            int(cid): {k: tensors[f"scaffold_ci/{cid}/{k}"].clone() for k in self.param_names}
-            for cid in meta.get("scaffold_clients", [])
-        }
+            self.c_clients.set(cid, {k: ci[k] + dc[k] for k in self.param_names})
+        c = self.c
+        c = {k: c[k] + frac * torch.stack([dc[k] for dc in dcs]).mean(0) for k in self.param_names}
+        self.c_server.set(0, c)
+        return {"c_norm": float(torch.sqrt(sum((v.double() ** 2).sum() for v in c.values())))}

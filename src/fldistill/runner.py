@@ -1,4 +1,4 @@
-"""The runner: the one round loop every method shares.
+"""The runner: the one round loop every method shares (above methods: it builds them).
 
 It validates the config before any long work, builds data, model, ledger and method,
 runs setup and rounds, evaluates, appends ``metrics.jsonl``, checkpoints atomically after
@@ -27,7 +27,7 @@ from fldistill.config import RunConfig
 from fldistill.data.federation import Federation, build_federation
 from fldistill.data.partition import parse_partition
 from fldistill.data.registry import dataset_info
-from fldistill.engine.comm import InProcessComm
+from fldistill.engine.comm import Comm, InProcessComm
 from fldistill.engine.training import evaluate, get_state
 from fldistill.errors import ConfigError, DataError, TrainingDiverged
 from fldistill.ledger import Ledger
@@ -37,7 +37,7 @@ from fldistill.models import build_model, default_model_for
 from fldistill.seeding import seed_for
 
 CHECKPOINT = "checkpoint/state.safetensors"
-CommFactory = Callable[..., InProcessComm]
+CommFactory = Callable[..., Comm]
 
 
 def method_params(cfg: RunConfig) -> BaseModel:
@@ -138,9 +138,9 @@ class Runner:
     quiet : bool
         No progress bars or per-round lines.
     comm_factory : callable, optional
-        ``(ledger, fed, model, local, seed) -> transport`` with :class:`InProcessComm`'s
-        interface (default: InProcessComm). A transport may also have ``round_report()``,
-        whose entries (e.g. clients that did not answer) go into each metrics record.
+        ``(ledger, fed, model, local, seed) -> Comm`` (default: :class:`InProcessComm`).
+        The transport's ``round_report()`` entries (e.g. clients that did not answer) go
+        into each metrics record.
     """
 
     def __init__(
@@ -210,6 +210,7 @@ class Runner:
         model = model_for(cfg, fed)
         self.fed, self.model = fed, model
         self.ledger = Ledger(cfg.ledger.b1, cfg.ledger.b2, cfg.ledger.label_bits)
+        self.comm: Comm
         if self.comm_factory is None:
             self.comm = InProcessComm(self.ledger, fed, model, cfg.local, cfg.seed, engine=cfg.engine)
         else:
@@ -244,9 +245,15 @@ class Runner:
             tensors = load_file(str(path), device=str(self.fed.x.device))
         except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as err:
             raise DataError(f"checkpoint {path} is corrupt ({err}); delete the run folder and start again") from None
-        method.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("m/")}, meta["method"])
-        self.comm.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("c/")}, meta["comm"])
-        self.ledger.load_state_dict(meta["ledger"])
+        try:
+            method.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("m/")}, meta["method"])
+            self.comm.load_state_dict({k[2:]: v for k, v in tensors.items() if k.startswith("c/")}, meta["comm"])
+            self.ledger.load_state_dict(meta["ledger"])
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise DataError(
+                f"checkpoint {path} does not match this run ({type(err).__name__}: {err}); it was written by another "
+                "version of fldistill or another configuration: start the run again in a new --out"
+            ) from None
         return meta
 
     # -- the loop ----------------------------------------------------------------------
@@ -269,9 +276,7 @@ class Runner:
         for k, v in extra.items():
             if isinstance(v, (int, float, str, bool)) or v is None:
                 rec[k] = v
-        report = getattr(self.comm, "round_report", None)
-        if report is not None:
-            rec.update(report())
+        rec.update(self.comm.round_report())
         return rec
 
     def _check(self, t: int, rec: dict[str, Any], ref_loss: float) -> None:

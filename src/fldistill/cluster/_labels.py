@@ -1,0 +1,17 @@
+"""Validation of cluster label arrays, shared by the clustering modules."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fldistill.errors import ConfigError
+
+def _as_labels(homog: np.ndarray | Sequence[int]) -> np.ndarray:
+    labels = np.asarray(homog)
+    if labels.ndim != 1 or labels.size == 0:
+        raise ConfigError(f"homogeneous labels must be a non-empty 1-D array, got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ConfigError(f"homogeneous labels must be integers, got dtype {labels.dtype}")
+    return labels.astype(np.int64)
