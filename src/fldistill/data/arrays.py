@@ -54,6 +54,6 @@ class ArrayDataset:
         """Shape of one input sample."""
         return tuple(int(s) for s in self.x.shape[1:])
 
-    def subset(self, idx: np.ndarray) -> "ArrayDataset":
+    def subset(self, idx: np.ndarray) -> ArrayDataset:
         """Return the samples at ``idx`` as a new dataset (copies)."""
         return ArrayDataset(self.x[idx], self.y[idx], self.n_classes, self.name)

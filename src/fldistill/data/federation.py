@@ -82,7 +82,9 @@ def _norm_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
-def build_public(source: str, size: int, dataset: str, pool: ArrayDataset, data_dir: str | None, seed: int) -> tuple[ArrayDataset, np.ndarray]:
+def build_public(
+    source: str, size: int, dataset: str, pool: ArrayDataset, data_dir: str | None, seed: int
+) -> tuple[ArrayDataset, np.ndarray]:
     """Build the public auxiliary set.
 
     Returns the set and the pool indices it consumed (``holdout`` removes them from

@@ -298,7 +298,7 @@ def _numpy_pickle_globals() -> dict[tuple[str, str], Any]:
     for mod in ("numpy.core", "numpy._core"):
         table[(f"{mod}.multiarray", "_reconstruct")] = multiarray._reconstruct
         table[(f"{mod}.multiarray", "scalar")] = multiarray.scalar
-        table[(f"{mod}.numeric", "_frombuffer")] = numeric._frombuffer
+        table[(f"{mod}.numeric", "_frombuffer")] = numeric._frombuffer  # type: ignore[attr-defined]  # private, not in numpy's stubs
     return table
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -158,7 +159,7 @@ def _make_partitioner(spec: PartitionSpec, n_clients: int, n: int, pseed: int, f
         return P.PathologicalPartitioner(
             num_partitions=n_clients,
             partition_by="label",
-            num_classes_per_partition=int(spec.value),
+            num_classes_per_partition=int(cast(int, spec.value)),  # parse_partition stores an int
             class_assignment_mode="first-deterministic",
             shuffle=True,
             seed=pseed,
@@ -167,7 +168,7 @@ def _make_partitioner(spec: PartitionSpec, n_clients: int, n: int, pseed: int, f
         return P.DirichletPartitioner(
             num_partitions=n_clients,
             partition_by="label",
-            alpha=float(spec.value),
+            alpha=float(cast(float, spec.value)),  # parse_partition stores a float
             min_partition_size=max(2, min(floor, n // (2 * n_clients))),
             self_balancing=True,  # the MOON/NIID-Bench/KDIA variant (methods.md §0)
             shuffle=True,

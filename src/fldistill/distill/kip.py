@@ -12,8 +12,9 @@ code's trace-normalised ridge and mean instead of sum).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +64,7 @@ class KIPConfig:
     b_std: float = 0.1
 
     @classmethod
-    def fast(cls) -> "KIPConfig":
+    def fast(cls) -> KIPConfig:
         """A CPU-friendly preset: 500 steps with 128 targets per step."""
         return cls(iterations=500, target_batch=128)
 
@@ -187,6 +188,7 @@ def kip_distill(
         loss = 0.5 * (pred - onehot[t_idx]).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        assert x_s.grad is not None  # a leaf that requires grad, after backward()
         if not (torch.isfinite(loss) and torch.isfinite(x_s.grad).all()):
             # Keep the last finite support set rather than stepping into NaN.
             if steps == 0:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -289,7 +289,7 @@ class _ChainFn(torch.autograd.Function):
     """``plan`` applied to ``x`` with ``params``; outputs (y, *saved), the saved ones not differentiable."""
 
     @staticmethod
-    def forward(plan: Plan, x: Tensor, *params: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+    def forward(plan: Plan, x: Tensor, *params: Tensor) -> tuple[Tensor, ...]:
         y, saved = chain_forward(plan, x.unsqueeze(0), [q.unsqueeze(0) for q in params])
         return (y.squeeze(0), *(s.squeeze(0) for s in saved))
 
@@ -302,7 +302,7 @@ class _ChainFn(torch.autograd.Function):
         ctx.save_for_backward(x, *output[1:], *params)
 
     @staticmethod
-    def backward(ctx: Any, dy: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, dy: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
         x, *rest = ctx.saved_tensors
         n = ctx.n_saved
         need_x = bool(ctx.needs_input_grad[1])
@@ -322,7 +322,7 @@ class _ChainBwd(torch.autograd.Function):
     """The batched backward of :class:`_ChainFn` (not differentiable itself)."""
 
     @staticmethod
-    def forward(plan: Plan, need_x: bool, x: Tensor, dy: Tensor, n: int, *rest: Tensor) -> tuple[Tensor, ...]:  # type: ignore[override]
+    def forward(plan: Plan, need_x: bool, x: Tensor, dy: Tensor, n: int, *rest: Tensor) -> tuple[Tensor, ...]:
         one = [t.unsqueeze(0) for t in rest]
         dx, dp = chain_backward(plan, need_x, x.unsqueeze(0), dy.unsqueeze(0), one[:n], one[n:])
         return (dx.squeeze(0) if dx is not None else x.new_zeros(()), *(d.squeeze(0) for d in dp))
@@ -336,7 +336,9 @@ class _ChainBwd(torch.autograd.Function):
         raise RuntimeError("the fast chain's backward is not differentiable (no double backward)")
 
     @staticmethod
-    def vmap(info: Any, in_dims: tuple[Any, ...], plan: Plan, need_x: bool, x: Tensor, dy: Tensor, n: int, *rest: Tensor) -> tuple[Any, Any]:
+    def vmap(
+        info: Any, in_dims: tuple[Any, ...], plan: Plan, need_x: bool, x: Tensor, dy: Tensor, n: int, *rest: Tensor
+    ) -> tuple[Any, Any]:
         C = info.batch_size
         ts = [_batch(t, d, C) for t, d in zip(rest, in_dims[5:])]
         dx, dp = chain_backward(plan, need_x, _batch(x, in_dims[2], C), _batch(dy, in_dims[3], C), ts[:n], ts[n:])
@@ -369,7 +371,8 @@ def split_plan(model: nn.Module) -> SplitPlan | None:
     """Plans for ``model.features`` and ``model.classifier``, or None if either is unsupported."""
     if not (hasattr(model, "features") and hasattr(model, "classifier")):
         return None
-    f, c = plan_for(model.features), plan_for(model.classifier)
+    # nn.Module.__getattr__ is typed Tensor | Module; both are submodules here
+    f, c = plan_for(cast(nn.Module, model.features)), plan_for(cast(nn.Module, model.classifier))
     if f is None or c is None:
         return None
     return SplitPlan(f, c)

@@ -137,7 +137,7 @@ def make_server_app(cfg_json: str | None = None, out: str | None = None, *, quie
             nodes = discover_nodes(grid, cfg.clients, cfg.flower.connect_timeout_s, cfg.flower.timeout_s)
             made: list[FlowerComm] = []
 
-            def comm_factory(ledger, fed, model, local, seed):  # type: ignore[no-untyped-def]
+            def comm_factory(ledger, fed, model, local, seed):
                 made.append(FlowerComm(grid, nodes, ledger, fed, model, local, seed, timeout_s=cfg.flower.timeout_s))
                 return made[-1]
 

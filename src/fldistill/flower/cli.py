@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fldistill.config import RunConfig
 
 
-def add_flower_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_flower_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``flower sim | local | app`` to the ``fldistill`` parser."""
     from fldistill.cli import add_config_flags
 
@@ -25,7 +29,11 @@ def add_flower_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
     add_config_flags(lo)
     lo.add_argument("--workdir", help="logs and Flower home (default <out>.flower)")
     lo.add_argument("--tls", metavar="CERT_DIR", help="use TLS with the files of scripts/flower_certs.sh (ca.crt, server.pem, server.key)")
-    lo.add_argument("--node-auth", action="store_true", help="with --tls: SuperNode authentication with CERT_DIR/node-I keys (flower_certs.sh --node-keys N)")
+    lo.add_argument(
+        "--node-auth",
+        action="store_true",
+        help="with --tls: SuperNode authentication with CERT_DIR/node-I keys (flower_certs.sh --node-keys N)",
+    )
     lo.set_defaults(fn=cmd_local)
 
     a = fs.add_parser("app", help="write a Flower app folder for `flwr run APP_DIR CONNECTION` on a running SuperLink")
@@ -34,7 +42,7 @@ def add_flower_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
     a.set_defaults(fn=cmd_app)
 
 
-def _setup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _setup(args: argparse.Namespace) -> tuple[RunConfig, Path]:
     from fldistill.cli import build_config
     from fldistill.flower import require_flwr
 

@@ -7,7 +7,7 @@ small metadata as one JSON string in a ``ConfigRecord``.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ def put_payload(rd: RecordDict, prefix: str, payload: Payload, **header: Any) ->
 def get_payload(rd: RecordDict, prefix: str, device: torch.device | str = "cpu") -> tuple[Payload, dict[str, Any]]:
     """The payload stored by :func:`put_payload` and its header."""
     doc = json.loads(str(rd[f"{prefix}.config"]["json"]))
-    arrays = rd[f"{prefix}.arrays"]
+    arrays = cast(ArrayRecord, rd[f"{prefix}.arrays"])  # put_payload stores an ArrayRecord there
     # copy: the record's buffer is read-only and tasks may write into their tensors
     tensors = {n: torch.from_numpy(np.array(arrays[n].numpy(), copy=True)).to(device) for n in doc["kinds"]}
     kinds = {n: Kind(k) for n, k in doc["kinds"].items()}

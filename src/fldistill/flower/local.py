@@ -124,7 +124,7 @@ class LocalDeployment:
         log = open(self.workdir / "logs" / log_name, "wb")  # noqa: SIM115 (closed with the process)
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir)
 
-    def start(self) -> "LocalDeployment":
+    def start(self) -> LocalDeployment:
         """Start the SuperLink and the SuperNodes; write the CLI connection ``local``."""
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         home = Path(self.env["FLWR_HOME"])
@@ -258,7 +258,7 @@ class LocalDeployment:
         self._kill_pids([k for k in kids if alive(k)], signal.SIGKILL)
         self.nodes, self.extra, self.superlink = {}, [], None
 
-    def __enter__(self) -> "LocalDeployment":
+    def __enter__(self) -> LocalDeployment:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fldistill.config import RunConfig
 from fldistill.flower.apps import make_client_app, make_server_app
+
+if TYPE_CHECKING:
+    from flwr.app import ConfigRecordValues
 
 
 def run_flower_simulation(cfg: RunConfig, out: str | Path, *, num_cpus: int = 2, quiet: bool = True) -> dict[str, Any]:
@@ -30,7 +33,10 @@ def run_flower_simulation(cfg: RunConfig, out: str | Path, *, num_cpus: int = 2,
     out = Path(out)
     resolved = Runner(cfg, out, quiet=True).cfg  # fail fast on a bad config, before Ray starts
     cj = resolved.to_json()
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": num_cpus, "num_gpus": 0}}
+    backend: dict[str, dict[str, ConfigRecordValues]] = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": num_cpus, "num_gpus": 0},
+    }
     run_simulation(
         make_server_app(cj, str(out), quiet=quiet), make_client_app(cj), num_supernodes=cfg.clients, backend_config=backend
     )

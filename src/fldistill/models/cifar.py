@@ -170,13 +170,13 @@ class _ShuffleUnit(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         half = channels // 2
-        self.half = half
+        self.split = half  # not self.half: that would shadow nn.Module.half()
         self.conv1 = _conv_bn(half, half, 1)
         self.conv2 = _conv_bn(half, half, 3, groups=half)
         self.conv3 = _conv_bn(half, half, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        keep, branch = x[:, : self.half], x[:, self.half :]
+        keep, branch = x[:, : self.split], x[:, self.split :]
         out = F.relu(self.conv1(branch))
         out = self.conv2(out)
         out = F.relu(self.conv3(out))

@@ -83,7 +83,7 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def _title(rec: "RunRecord") -> str:
+def _title(rec: RunRecord) -> str:
     """Plot title of a run: label, dataset and status when incomplete."""
     s = rec.summary
     t = f"{rec.label} on {s.get('dataset', '?')}"
@@ -151,7 +151,7 @@ def plot_run(run_dir: Path) -> list[Path]:
     return paths
 
 
-def plot_overlay(records: list["RunRecord"], out_dir: Path, target: float | None = None) -> list[Path]:
+def plot_overlay(records: list[RunRecord], out_dir: Path, target: float | None = None) -> list[Path]:
     """Overlay several runs: accuracy versus round and versus cumulative bits.
 
     Runs that communicate nothing (e.g. centralized) appear on the bits plot as a
