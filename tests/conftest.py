@@ -50,8 +50,8 @@ def _comparable(run_dir) -> list[dict]:
 def resume_check(tmp_path, monkeypatch):
     """``check(cfg, cut_at)``: interrupt a run at round ``cut_at`` (as Ctrl-C would),
     resume it, and assert it ends with the metrics of an uninterrupted run."""
-    from fldistill.runner import Runner
     from fldistill.methods import get_method
+    from fldistill.runner import Runner
 
     def check(cfg, cut_at: int = 3) -> tuple[list[dict], dict]:
         full, cut = tmp_path / "full", tmp_path / "cut"

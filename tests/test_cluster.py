@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from fldistill.report.topology import plot_topology
 from fldistill.cluster import (
     choose_heads,
     cluster_sampling,
@@ -22,6 +21,7 @@ from fldistill.cluster import (
     save_clustering,
 )
 from fldistill.errors import ConfigError, DataError
+from fldistill.report.topology import plot_topology
 
 
 def planted_soft(label_sets: list[frozenset[int]], g: int, c: int, seed: int) -> torch.Tensor:

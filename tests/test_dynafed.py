@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fldistill.runner import Runner
-from fldistill.errors import ConfigError
 from fldistill.augment import DSA, IMAGE_GROUPS, SIGNAL_GROUPS, augment
+from fldistill.errors import ConfigError
+from fldistill.runner import Runner
 
 # A synthesis that takes a fraction of a second on digits.
 FAST = {"iterations": 5, "syn_steps": 2, "ipc": 2, "finetune_epochs": 2}

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fldistill.runner import Runner
 from fldistill.errors import TrainingDiverged
 from fldistill.models import build_model
+from fldistill.runner import Runner
 
 
 def _metrics(run_dir: Path, drop_wall: bool = True) -> list[dict]:

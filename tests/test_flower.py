@@ -18,8 +18,8 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from fldistill.runner import Runner  # noqa: E402
 from fldistill.flower.local import LocalDeployment, TLSFiles, alive, descendants  # noqa: E402
+from fldistill.runner import Runner  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fldistill.runner import federation_for, resolve_defaults
 from fldistill.flower.nodecache import load_federation, node_federation, save_federation
+from fldistill.runner import federation_for, resolve_defaults
 
 
 def test_saved_federation_loads_identical(tmp_path: Path, make_cfg, monkeypatch) -> None:

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fldistill.runner import Runner
 from fldistill.methods.kdia import kl_term, teacher_weights
 from fldistill.models import build_model
 from fldistill.models.generator import FeatureGenerator
+from fldistill.runner import Runner
 
 
 def _metrics(run_dir: Path) -> list[dict]:

@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from fldistill.config import LocalConfig
-from fldistill.runner import Runner
 from fldistill.engine.training import Net, Objective, local_train, make_objective, objective
 from fldistill.engine.vectorised import ClientJob, model_unsupported, train_many
 from fldistill.errors import ConfigError, TrainingDiverged
 from fldistill.ledger import Kind
 from fldistill.models import build_model
+from fldistill.runner import Runner
 
 
 # -- a stand-in for KDIA's objective: per-client teacher in ``inputs``, sampled features --

@@ -102,8 +102,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the quickstart comparison: methods on mnist1d, 1 class per client, then compare."""
-    from fldistill.runner import Runner
     from fldistill.report.compare import compare_runs, render_table
+    from fldistill.runner import Runner
 
     out = Path(args.out)
     dirs = []

@@ -90,13 +90,13 @@ class Payload:
     kinds: dict[str, Kind] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def put(self, name: str, tensor: torch.Tensor, kind: Kind) -> "Payload":
+    def put(self, name: str, tensor: torch.Tensor, kind: Kind) -> Payload:
         """Add a tensor with its pricing kind; returns self for chaining."""
         self.tensors[name] = tensor
         self.kinds[name] = Kind(kind)
         return self
 
-    def put_state(self, prefix: str, state: dict[str, torch.Tensor], kind: Kind = Kind.PARAM) -> "Payload":
+    def put_state(self, prefix: str, state: dict[str, torch.Tensor], kind: Kind = Kind.PARAM) -> Payload:
         """Add every tensor of a model state under ``prefix.``."""
         for k, v in state.items():
             self.put(f"{prefix}.{k}", v, kind)
@@ -107,7 +107,7 @@ class Payload:
         p = prefix + "."
         return {k[len(p):]: v for k, v in self.tensors.items() if k.startswith(p)}
 
-    def with_meta(self, **meta: Any) -> "Payload":
+    def with_meta(self, **meta: Any) -> Payload:
         """A shallow copy with extra metadata (tensors are shared, not copied)."""
         return Payload(dict(self.tensors), dict(self.kinds), {**self.meta, **meta})
 

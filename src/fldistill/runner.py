@@ -11,10 +11,10 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ValidationError
@@ -107,6 +107,10 @@ def model_for(cfg: RunConfig, fed: Federation) -> torch.nn.Module:
     return build_model(resolve_model_name(cfg), fed.input_shape, fed.n_classes).to(torch.device(cfg.device))
 
 
+def _no_progress(n: int = 1) -> None:
+    """The progress callback when there is no bar."""
+
+
 def _read_records(path: Path) -> list[dict[str, Any]]:
     """Metrics records; a line cut short by a kill is dropped (the checkpoint predates it)."""
     out = []
@@ -190,7 +194,7 @@ class Runner:
         """A transient sub-bar for a long phase; returns ``advance(n)``."""
         p = self._progress
         if p is None or total <= 0:
-            return lambda n=1: None
+            return _no_progress
         tid = p.add_task(f"  {label}", total=total)
 
         def advance(n: int = 1) -> None:
@@ -321,7 +325,7 @@ class Runner:
                     with open(metrics_path, "a") as f:
                         f.write(json.dumps(rec) + "\n")
                     self.save_checkpoint(method, t, rec["wall_s"], setup_extra)
-                    if bar is not None:
+                    if bar is not None and self._progress is not None:
                         self._progress.update(bar, advance=1, description=f"{cfg.method} rounds  acc {rec['accuracy']:.4f}")
             except KeyboardInterrupt:
                 done = records[-1]["round"]

@@ -8,6 +8,7 @@ import numpy as np
 
 from fldistill.errors import ConfigError
 
+
 def _as_labels(homog: np.ndarray | Sequence[int]) -> np.ndarray:
     labels = np.asarray(homog)
     if labels.ndim != 1 or labels.size == 0:

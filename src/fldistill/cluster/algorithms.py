@@ -12,6 +12,7 @@ import torch
 from fldistill.cluster._labels import _as_labels
 from fldistill.errors import ConfigError
 
+
 def kmeans_rows(M: np.ndarray | torch.Tensor, k: int, seed: int) -> np.ndarray:
     """Homogeneous clusters: K-Means on the rows of the similarity matrix.
 

@@ -48,6 +48,8 @@ def soft_labels_task(ctx: ClientContext, req: Payload) -> Payload:
     local = local_config_from(req.meta, ctx.local)
     obj = make_objective("ce", {}, state, ctx.model)
     trained, stats = local_train(ctx.model, state, x, y, local, obj, ctx.gen("pretrain"), where=f"client {ctx.cid} pre-training")
+    if ctx.fed.public is None:
+        raise RuntimeError("soft_labels needs the federation's public set (the method must declare needs_public)")
     pub = torch.as_tensor(ctx.fed.public.x, device=x.device)
     soft = predict_proba(ctx.model, trained, pub)
     return Payload(meta={"n": len(y), "loss": stats["loss"]}).put("soft", soft, Kind.FLOAT)
@@ -79,7 +81,13 @@ def heterogeneous_clusters(
     fed, n = comm.fed, comm.fed.n_clients
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    pre = {"unit": p.pretrain_unit, "amount": p.pretrain_epochs, "lr": p.pretrain_lr, "momentum": p.pretrain_momentum, "batch_size": p.pretrain_batch}
+    pre = {
+        "unit": p.pretrain_unit,
+        "amount": p.pretrain_epochs,
+        "lr": p.pretrain_lr,
+        "momentum": p.pretrain_momentum,
+        "batch_size": p.pretrain_batch,
+    }
     req = model.with_meta(local=pre)
     replies = comm.call("soft_labels", {c: req for c in range(n)}, phase="soft_labels", progress=progress)
     # A client that did not answer (a lost Flower node) is left out of the clustering.

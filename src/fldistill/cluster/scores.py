@@ -11,6 +11,7 @@ import numpy as np
 from fldistill.cluster._labels import _as_labels
 from fldistill.errors import ConfigError
 
+
 def purity(pred: np.ndarray | Sequence[int], true_label_sets: Sequence[frozenset[int]]) -> float:
     """Purity of a clustering against the clients' true label sets.
 

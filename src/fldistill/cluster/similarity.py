@@ -3,12 +3,11 @@ similarity of model updates (CFL, IFCA-style and DisUE clustering)."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
 from fldistill.errors import ConfigError
+
 
 def _check_soft(soft: torch.Tensor | np.ndarray) -> torch.Tensor:
     soft = torch.as_tensor(soft).detach().cpu()

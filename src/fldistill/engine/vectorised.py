@@ -54,8 +54,8 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, vmap
 
 from fldistill.config import LocalConfig
-from fldistill.engine.fastchain import SplitPlan, ce_grad, run_chain, split_plan
 from fldistill.engine.comm import InProcessComm, Unsupported, batched_task, local_config_from, train_streams
+from fldistill.engine.fastchain import SplitPlan, ce_grad, run_chain, split_plan
 from fldistill.engine.training import Inputs, ModelState, Objective, batch_schedule, make_objective
 from fldistill.errors import TrainingDiverged
 from fldistill.ledger import Kind, Payload

@@ -57,8 +57,8 @@ def _run_config_value(context: Context, key: str, given: str | None) -> str:
 def _node_objects(cfg_json: str) -> tuple[RunConfig, Federation, torch.nn.Module]:
     hit = _NODE_CACHE.get(cfg_json)
     if hit is None:
-        from fldistill.runner import model_for
         from fldistill.flower.nodecache import node_federation
+        from fldistill.runner import model_for
 
         cfg = parse_config(json.loads(cfg_json))
         fed = node_federation(cfg)

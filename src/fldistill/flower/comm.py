@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -95,7 +95,7 @@ def discover_nodes(grid: Grid, n_clients: int, timeout_s: float, reply_timeout_s
     for m in replies:
         if m.has_error():
             continue
-        pid = int(m.content["hello"]["partition-id"])
+        pid = int(cast(int, m.content["hello"]["partition-id"]))
         src = int(m.metadata.src_node_id)
         if not 0 <= pid < n_clients:
             raise ConfigError(f"SuperNode {src} has partition-id={pid}, outside 0..{n_clients - 1} (clients = {n_clients})")
@@ -175,9 +175,10 @@ class FlowerComm(Comm):
             cid_of_node[node] = cid
         got: dict[int, Payload] = {}
         for m in exchange(self.grid, msgs, self.timeout_s):
-            cid = cid_of_node.get(int(m.metadata.src_node_id))
-            if cid is None:
+            got_cid = cid_of_node.get(int(m.metadata.src_node_id))
+            if got_cid is None:
                 continue
+            cid = got_cid
             if m.has_error():
                 if int(m.error.code) == ErrorCode.CLIENT_APP_RAISED_EXCEPTION:
                     raise RuntimeError(f"client {cid} failed in task {task_name!r}: {m.error.reason}")

@@ -9,16 +9,16 @@ from fldistill.errors import ConfigError
 if TYPE_CHECKING:
     from fldistill.methods.base import Method
 
-METHODS: dict[str, type["Method"]] = {}
+METHODS: dict[str, type[Method]] = {}
 
 
-def register(cls: type["Method"]) -> type["Method"]:
+def register(cls: type[Method]) -> type[Method]:
     """Class decorator adding a method to :data:`METHODS` under ``cls.name``."""
     METHODS[cls.name] = cls
     return cls
 
 
-def get_method(name: str) -> type["Method"]:
+def get_method(name: str) -> type[Method]:
     """The method class called ``name``; unknown names list the valid ones."""
     _load_builtin()
     if name not in METHODS:
@@ -26,7 +26,7 @@ def get_method(name: str) -> type["Method"]:
     return METHODS[name]
 
 
-def all_methods() -> dict[str, type["Method"]]:
+def all_methods() -> dict[str, type[Method]]:
     """Every registered method."""
     _load_builtin()
     return dict(sorted(METHODS.items()))

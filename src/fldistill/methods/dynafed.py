@@ -59,12 +59,12 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.func import functional_call
 
+from fldistill.augment import DSA
 from fldistill.engine.training import ModelState, get_state, set_state, weighted_average
 from fldistill.errors import TrainingDiverged
 from fldistill.ledger import Payload
 from fldistill.methods import register
 from fldistill.methods.base import RunContext
-from fldistill.augment import DSA
 from fldistill.methods.fedavg import FedAvg
 from fldistill.seeding import np_rng, torch_gen
 
@@ -100,16 +100,21 @@ class DynaFedParams(BaseModel):
     finetune_batch: int = Field(256, ge=1)
     bn_refresh_passes: int = Field(3, ge=0, description="no-grad passes over the synthetic set before fine-tuning (BN models)")
     dsa: bool = True
-    dsa_strategy: str | None = Field(None, description="default: color_crop_cutout_flip_scale_rotate (images), scale_shift_noise_stretch (1-D)")
+    dsa_strategy: str | None = Field(
+        None, description="default: color_crop_cutout_flip_scale_rotate (images), scale_shift_noise_stretch (1-D)"
+    )
     dsa_mode: Literal["single", "multiple"] = "single"
 
     @model_validator(mode="after")
-    def _resolve(self) -> "DynaFedParams":
+    def _resolve(self) -> DynaFedParams:
         for key, value in PRESETS[self.preset].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
         if self.L < self.expert_epochs + 1:
-            raise ValueError(f"L={self.L} must be at least expert_epochs + 1 = {self.expert_epochs + 1} (the trajectory needs a start and a target window)")
+            raise ValueError(
+                f"L={self.L} must be at least expert_epochs + 1 = {self.expert_epochs + 1} "
+                "(the trajectory needs a start and a target window)"
+            )
         return self
 
     @property
@@ -230,8 +235,9 @@ class DynaFed(FedAvg):
                     out = functional_call(model, {**dict(zip(names, theta)), **buffers}, (xb,))
                     grads = torch.autograd.grad(kd_loss(out, yb), theta, create_graph=True)
                     theta = [w - syn_lr * g for w, g in zip(theta, grads)]
-                num = sum(((w - target[k_]) ** 2).sum() for w, k_ in zip(theta, names))
-                den = sum(((start[k_] - target[k_]) ** 2).sum() for k_ in names)
+                zero = torch.zeros((), device=dev)
+                num = sum((((w - target[k_]) ** 2).sum() for w, k_ in zip(theta, names)), zero)
+                den = sum((((start[k_] - target[k_]) ** 2).sum() for k_ in names), zero)
                 loss = num / torch.clamp(den, min=1e-12)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
@@ -287,7 +293,9 @@ class DynaFed(FedAvg):
                     xb = self.augment(xb, gen)
                 loss = kd_loss(model(xb), y[idx])
                 if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"dynafed fine-tune (round {t}): the loss became {float(loss)}; lower params.finetune_lr (now {p.finetune_lr})")
+                    raise TrainingDiverged(
+                        f"dynafed fine-tune (round {t}): the loss became {float(loss)}; lower params.finetune_lr (now {p.finetune_lr})"
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

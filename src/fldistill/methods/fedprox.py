@@ -20,6 +20,7 @@ class FedProx(FedAvg):
     name = "fedprox"
     description = "FedProx: FedAvg with a proximal term mu/2 ||w - w_global||^2 (params.mu, default 0.01)"
     Params = FedProxParams
+    params: FedProxParams
 
     def objective(self) -> tuple[str, dict[str, Any]]:
         return "fedprox", {"mu": self.params.mu}

@@ -23,13 +23,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+import torch
+from pydantic import BaseModel, Field
 
 from fldistill.cluster.knowledge import ClusteringParams, heterogeneous_clusters
 from fldistill.engine.comm import ClientContext, task
 from fldistill.ledger import Kind, Payload
 from fldistill.methods import register
-from fldistill.methods.base import Method
+from fldistill.methods.base import Method, RunContext
 from fldistill.seeding import np_rng
 
 
@@ -59,13 +60,15 @@ class FedSeq(Method):
     def uses_public(cls, params: FedSeqParams) -> bool:  # type: ignore[override]
         return params.clusters == "hfldd"
 
-    def __init__(self, ctx, params) -> None:  # type: ignore[no-untyped-def]
+    params: FedSeqParams
+
+    def __init__(self, ctx: RunContext, params: BaseModel) -> None:
         super().__init__(ctx, params)
         self.clusters: list[list[int]] = []
         self.heads: list[int] = []
 
     def setup(self) -> dict[str, Any]:
-        p: FedSeqParams = self.params
+        p = self.params
         n = self.fed.n_clients
         if p.clusters == "hfldd":
             cl = heterogeneous_clusters(self.comm, self.model_payload(), p, self.cfg.seed, self.ctx.progress("soft labels", n))
@@ -108,11 +111,11 @@ class FedSeq(Method):
     def summary_extra(self) -> dict[str, Any]:
         return {"clusters": self.clusters, "heads": self.heads}
 
-    def state_dict(self):  # type: ignore[no-untyped-def]
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors, meta = super().state_dict()
         meta.update(clusters=self.clusters, heads=self.heads)
         return tensors, meta
 
-    def load_state_dict(self, tensors, meta) -> None:  # type: ignore[no-untyped-def]
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         super().load_state_dict(tensors, meta)
         self.clusters, self.heads = meta["clusters"], meta["heads"]

@@ -83,6 +83,7 @@ class HFLDD(FedAvg):
     name = "hfldd"
     description = "HFLDD: KL soft-label clustering, heterogeneous clusters, KIP-distilled data to heads, FedAvg among heads"
     Params = HFLDDParams
+    params: HFLDDParams
     needs_public = True
     # Heads hold ~10 clients' data (40+ steps per epoch): they need centralized-like lr.
     local_defaults = {"amount": 2, "lr": 0.05, "batch_size": 32}
@@ -95,7 +96,7 @@ class HFLDD(FedAvg):
         self.lost: set[int] = set()  # heads that failed to answer in some round
 
     def setup(self) -> dict[str, Any]:
-        p: HFLDDParams = self.params  # type: ignore[assignment]
+        p = self.params
         fed, n = self.fed, self.fed.n_clients
         cl = heterogeneous_clusters(self.comm, self.model_payload(), p, self.cfg.seed, self.ctx.progress("soft labels", n))
         self.clusters, self.heads, times = cl.clusters, cl.heads, dict(cl.times)
@@ -143,13 +144,13 @@ class HFLDD(FedAvg):
         """Clusters whose head did not answer sat this round out; ``on_lost_head`` says what next."""
         lost = [h for h in self.heads if h not in replies]
         self.lost.update(lost)
-        if lost and self.params.on_lost_head == "reassign":  # type: ignore[attr-defined]
+        if lost and self.params.on_lost_head == "reassign":
             self._reassign(t, lost)
         return {"lost_heads": len(lost)}
 
     def _reassign(self, t: int, lost: list[int]) -> None:
         """Replace each lost head by a live member, which receives the members' data again."""
-        p: HFLDDParams = self.params  # type: ignore[assignment]
+        p = self.params
         dreq = Payload(meta={"distiller": p.distiller, "size": p.distill_size, "params": p.distill_params})
         for i, (cl, h) in enumerate(zip(self.clusters, self.heads)):
             cand = [m for m in cl if m not in self.lost]

@@ -41,7 +41,7 @@ Readings and deviations (see docs/methods.md):
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.func import functional_call
 
 from fldistill.engine.training import ModelState, Net, Objective, frozen_forward, objective
-from fldistill.ledger import Kind, Payload
+from fldistill.ledger import Payload
 from fldistill.methods import register
 from fldistill.methods.base import RunContext
 from fldistill.methods.fedavg import FedAvg
@@ -86,15 +86,18 @@ def kl_term(s: torch.Tensor, t: torch.Tensor, tau: float, direction: str) -> tor
 
 def build_generator(model: torch.nn.Module, args: dict[str, Any]) -> FeatureGenerator:
     """The generator for the worker ``model``'s feature shape and classes."""
-    return FeatureGenerator(tuple(model.feature_shape), int(model.n_classes), int(args["noise_dim"]), int(args["gen_hidden"]))
+    shape, n_classes = cast(tuple[int, ...], model.feature_shape), cast(int, model.n_classes)
+    return FeatureGenerator(tuple(shape), int(n_classes), int(args["noise_dim"]), int(args["gen_hidden"]))
 
 
 @objective("kdia")
-def _kdia(args: dict[str, Any], ref: ModelState, model: torch.nn.Module, tensors: dict[str, torch.Tensor], gen: torch.Generator) -> Objective:
+def _kdia(
+    args: dict[str, Any], ref: ModelState, model: torch.nn.Module, tensors: dict[str, torch.Tensor], gen: torch.Generator
+) -> Objective:
     """KDIA's local loss; the teacher is the ``teacher.*`` tensors, the generator ``gen.*``."""
     lam_kd, lam_gen = float(args["lambda_kd"]), float(args["lambda_gen"])
     tau, direction = float(args["temperature"]), str(args["direction"])
-    n_classes, noise_dim = int(model.n_classes), int(args["noise_dim"])
+    n_classes, noise_dim = int(cast(int, model.n_classes)), int(args["noise_dim"])
     teacher_keys = [k[len("teacher."):] for k in tensors if k.startswith("teacher.")]
     g_state = {k[len("gen."):]: v for k, v in tensors.items() if k.startswith("gen.")}
     device = next(iter(g_state.values())).device
@@ -155,13 +158,14 @@ class KDIA(FedAvg):
     name = "kdia"
     description = "KDIA: student + teacher (inequitable aggregation over all clients) + server-trained feature generator"
     Params = KDIAParams
+    params: KDIAParams
     # KDIA's code settings (run.sh): its setting is few clients per round under label skew,
     # where FedAvg's mnist1d default (lr 0.15, 2 epochs) diverges (benchmarks/, issue 5).
     local_defaults = {"amount": 10, "lr": 0.01, "batch_size": 64, "weight_decay": 1e-5}
 
     def __init__(self, ctx: RunContext, params: BaseModel) -> None:
         super().__init__(ctx, params)
-        p: KDIAParams = self.params  # type: ignore[assignment]
+        p = self.params
         self.gen_args = {"noise_dim": p.noise_dim, "gen_hidden": p.gen_hidden}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed_for(self.cfg.seed, "kdia", "generator-init"))
@@ -185,7 +189,7 @@ class KDIA(FedAvg):
 
     # -- protocol --------------------------------------------------------------------------
     def objective(self) -> tuple[str, dict[str, Any]]:
-        p: KDIAParams = self.params  # type: ignore[assignment]
+        p = self.params
         return "kdia", {
             "lambda_kd": p.lambda_kd,
             "lambda_gen": p.lambda_gen,
@@ -226,10 +230,10 @@ class KDIA(FedAvg):
 
     def train_generator(self, t: int, states: list[ModelState], p: np.ndarray) -> dict[str, float]:
         """Fit the generator to the participants' frozen heads (logit average with weights ``p``)."""
-        prm: KDIAParams = self.params  # type: ignore[assignment]
+        prm = self.params
         if prm.gen_epochs == 0:
             return {}
-        head = self.ctx.model.classifier
+        head = self.ctx.model.get_submodule("classifier")
         dev = self.fed.x.device
         heads = {k: torch.stack([s["classifier." + k] for s in states]) for k in dict(head.named_parameters()) | dict(head.named_buffers())}
         weights = torch.as_tensor(p, dtype=torch.float32, device=dev)
@@ -273,7 +277,7 @@ class KDIA(FedAvg):
         return {"gen_ce": ce_sum / prm.gen_iters, "gen_d": d_sum / prm.gen_iters}
 
     def eval_states(self) -> dict[str, ModelState]:
-        p: KDIAParams = self.params  # type: ignore[assignment]
+        p = self.params
         teacher = self.teacher
         primary = teacher if p.report == "teacher" else self.global_state
         return {"": primary, "student": self.global_state, "teacher": teacher}

@@ -61,8 +61,8 @@ def _moon(
     def loss(net: Net, x: torch.Tensor, y: torch.Tensor, inp: dict[str, torch.Tensor]) -> torch.Tensor:
         h = net.features(x)
         z = h.flatten(1)
-        zg = frozen_forward(model.features, {k: inp["glob." + k] for k in glob}, x).flatten(1)
-        zp = frozen_forward(model.features, {k: inp["prev." + k] for k in glob}, x).flatten(1)
+        zg = frozen_forward(model.get_submodule("features"), {k: inp["glob." + k] for k in glob}, x).flatten(1)
+        zp = frozen_forward(model.get_submodule("features"), {k: inp["prev." + k] for k in glob}, x).flatten(1)
         sims = torch.stack([F.cosine_similarity(z, zg, dim=1), F.cosine_similarity(z, zp, dim=1)], 1) / tau
         # -log softmax(sims)[:, 0]: the global model's representation is the positive
         con = F.cross_entropy(sims, torch.zeros(len(z), dtype=torch.long, device=z.device))
@@ -77,6 +77,7 @@ class Moon(FedAvg):
     name = "moon"
     description = "MOON: FedAvg plus model-contrastive loss to the global and previous local model (params.mu, params.temperature)"
     Params = MoonParams
+    params: MoonParams
 
     def __init__(self, ctx: RunContext, params: MoonParams) -> None:
         super().__init__(ctx, params)

@@ -102,6 +102,7 @@ class Scaffold(FedAvg):
     name = "scaffold"
     description = "SCAFFOLD: FedAvg with server/client control variates (option II; params.correction, params.steps)"
     Params = ScaffoldParams
+    params: ScaffoldParams
     # SCAFFOLD is stated for plain SGD. With FedAvg's defaults (lr 0.15, momentum 0.9) it
     # diverged on mnist1d classes:2 (100 clients), as did lr 0.05 and 0.02 with momentum
     # 0.9 and lr 0.15 without (checked against an independent plain-SGD reference);
@@ -149,4 +150,5 @@ class Scaffold(FedAvg):
         c = self.c
         c = {k: c[k] + frac * torch.stack([dc[k] for dc in dcs]).mean(0) for k in self.param_names}
         self.c_server.set(0, c)
-        return {"c_norm": float(torch.sqrt(sum((v.double() ** 2).sum() for v in c.values())))}
+        sq = sum(((v.double() ** 2).sum() for v in c.values()), torch.zeros((), dtype=torch.float64))
+        return {"c_norm": float(torch.sqrt(sq))}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,7 @@ def plot_topology(
     ax = fig.add_axes((0.01, 0.02, 0.76, 0.9))
     ax.set_aspect("equal")
     ax.axis("off")
-    edge_kw = dict(color="0.6", linewidth=0.6, zorder=1)
+    edge_kw: dict[str, Any] = dict(color="0.6", linewidth=0.6, zorder=1)
     for h, (members, head) in enumerate(zip(hetero, heads)):
         theta = 2 * math.pi * h / n_het
         hx, hy = r_head * math.cos(theta), r_head * math.sin(theta)
@@ -122,12 +123,12 @@ def plot_topology(
     golden = math.pi * (3 - math.sqrt(5))
     blob = 0.9 if len(uniq) < 3 else min(0.9, 0.8 * 3.0 * math.sin(math.pi / len(uniq)))
     for idx, u in enumerate(uniq):
-        members = np.flatnonzero(labels == u)
+        blob_members = np.flatnonzero(labels == u)
         ang = 2 * math.pi * idx / len(uniq)
         cx, cy = (3.0 * math.cos(ang), 3.0 * math.sin(ang)) if len(uniq) > 1 else (0.0, 0.0)
-        j = np.arange(len(members))
-        rad = blob * np.sqrt((j + 0.5) / len(members))  # sunflower packing, deterministic
-        inset.scatter(cx + rad * np.cos(j * golden), cy + rad * np.sin(j * golden),
+        jj = np.arange(len(blob_members))
+        rad = blob * np.sqrt((jj + 0.5) / len(blob_members))  # sunflower packing, deterministic
+        inset.scatter(cx + rad * np.cos(jj * golden), cy + rad * np.sin(jj * golden),
                       s=6, color=colour_of[u], edgecolors="none")
     inset.set_xlim(-4.2, 4.2)
     inset.set_ylim(-4.2, 4.2)
