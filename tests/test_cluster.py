@@ -10,8 +10,11 @@ import pytest
 import torch
 
 from fldistill.cluster import (
+    adjusted_rand,
+    agglomerative,
     choose_heads,
     cluster_sampling,
+    cosine_matrix,
     kl_matrix,
     kl_matrix_reference,
     kmeans_rows,
@@ -186,3 +189,24 @@ def test_plot_and_roundtrip(tmp_path):
         load_clustering(tmp_path / "bad.json")
     with pytest.raises(DataError):
         load_clustering(tmp_path / "missing.json")
+
+
+def test_cosine_agglomerative_recovers_planted_update_groups() -> None:
+    # 3 groups of clients whose updates share a group direction plus per-client noise
+    gen = torch.Generator().manual_seed(4)
+    centres = torch.randn(3, 50, generator=gen)
+    truth = np.repeat(np.arange(3), [5, 7, 4])
+    updates = centres[truth] + 0.3 * torch.randn(len(truth), 50, generator=gen)
+    S = cosine_matrix(updates)
+    assert S.shape == (16, 16) and torch.allclose(S.diagonal(), torch.ones(16, dtype=torch.float64))
+    assert torch.allclose(S, S.T)
+    pred = agglomerative(S, 3)
+    assert adjusted_rand(pred, truth) == 1.0
+    assert adjusted_rand(kmeans_rows(S, 3, seed=0), truth) == 1.0
+    shuffled = np.random.default_rng(0).permutation(truth)
+    assert adjusted_rand(shuffled, truth) < 0.5  # chance-level labels score low
+    assert agglomerative(S, 1).tolist() == [0] * 16 and agglomerative(S, 16).tolist() == list(range(16))
+    with pytest.raises(ConfigError, match="between 1 and"):
+        agglomerative(S, 17)
+    with pytest.raises(ConfigError, match="shape"):
+        cosine_matrix(torch.zeros(4))

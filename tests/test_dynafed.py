@@ -107,7 +107,7 @@ def _synthesised(tmp_path: Path, make_cfg, name: str, seed: int = 1):
         out = m.round(t)
         assert out["synthesised"] == 0 and len(m.traj) == t + 1
     out = m.round(3)
-    assert out["synthesised"] == 1 and m.synthesised and m.traj == []
+    assert out["synthesised"] == 1 and m.synthesised and len(m.traj) == 0
     return m, out
 
 

@@ -13,6 +13,21 @@ from fldistill.cluster._labels import _as_labels
 from fldistill.errors import ConfigError
 
 
+def _rows(M: np.ndarray | torch.Tensor, k: int, *, what: str) -> np.ndarray:
+    """``M`` as a finite float64 matrix of N >= 1 rows, with ``1 <= k <= N`` checked."""
+    if isinstance(M, torch.Tensor):
+        M = M.detach().cpu().numpy()
+    X = np.asarray(M, dtype=np.float64)
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ConfigError(f"similarity matrix must be 2-D with at least one row, got shape {X.shape}")
+    n = X.shape[0]
+    if not 1 <= k <= n:
+        raise ConfigError(f"number of {what}={k} must be between 1 and the number of clients N={n}")
+    if not np.isfinite(X).all():
+        raise ConfigError("similarity matrix contains NaN or inf; check the soft labels or updates")
+    return X
+
+
 def kmeans_rows(M: np.ndarray | torch.Tensor, k: int, seed: int) -> np.ndarray:
     """Homogeneous clusters: K-Means on the rows of the similarity matrix.
 
@@ -35,18 +50,7 @@ def kmeans_rows(M: np.ndarray | torch.Tensor, k: int, seed: int) -> np.ndarray:
     """
     from sklearn.cluster import KMeans  # imported lazily: sklearn is slow to import
 
-    if isinstance(M, torch.Tensor):
-        M = M.detach().cpu().numpy()
-    X = np.asarray(M, dtype=np.float64)
-    if X.ndim != 2 or X.shape[0] == 0:
-        raise ConfigError(f"similarity matrix must be 2-D with at least one row, got shape {X.shape}")
-    n = X.shape[0]
-    if not 1 <= int(k) <= n:
-        raise ConfigError(
-            f"number of homogeneous clusters K={k} must be between 1 and the number of clients N={n}"
-        )
-    if not np.isfinite(X).all():
-        raise ConfigError("similarity matrix contains NaN or inf; check the soft labels")
+    X = _rows(M, int(k), what="homogeneous clusters K")
     km = KMeans(n_clusters=int(k), n_init=10, random_state=int(seed))
     return km.fit_predict(X).astype(np.int64)
 
@@ -73,16 +77,10 @@ def agglomerative(
     """
     from sklearn.cluster import AgglomerativeClustering  # imported lazily: sklearn is slow to import
 
-    if isinstance(S, torch.Tensor):
-        S = S.detach().cpu().numpy()
-    X = np.asarray(S, dtype=np.float64)
-    if X.ndim != 2 or X.shape[0] != X.shape[1] or X.shape[0] == 0:
-        raise ConfigError(f"similarity matrix must be square and non-empty, got shape {X.shape}")
+    X = _rows(S, int(k), what="clusters k")
+    if X.shape[0] != X.shape[1]:
+        raise ConfigError(f"similarity matrix must be square, got shape {X.shape}")
     n = X.shape[0]
-    if not 1 <= int(k) <= n:
-        raise ConfigError(f"number of clusters k={k} must be between 1 and the number of clients N={n}")
-    if not np.isfinite(X).all():
-        raise ConfigError("similarity matrix contains NaN or inf")
     if int(k) == n:
         return np.arange(n, dtype=np.int64)
     if int(k) == 1:

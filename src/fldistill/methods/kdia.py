@@ -187,6 +187,16 @@ class KDIA(FedAvg):
         """The teacher θ_T."""
         return self.teachers.get(0)
 
+    @property
+    def cnt(self) -> np.ndarray:
+        """Participation counts per client (a view of the bank)."""
+        return self.stats.field("cnt").numpy()
+
+    @property
+    def last(self) -> np.ndarray:
+        """Last round (0-based) each client took part, -1 if never (a view of the bank)."""
+        return self.stats.field("last").numpy()
+
     # -- protocol --------------------------------------------------------------------------
     def objective(self) -> tuple[str, dict[str, Any]]:
         p = self.params
@@ -214,7 +224,7 @@ class KDIA(FedAvg):
         # runtime with faults) keeps its old bank entry. The code counts rounds from 0 and
         # the recency weights depend on it (see teacher_weights).
         t0 = t - 1
-        cnt, last = self.stats.field("cnt"), self.stats.field("last")
+        cnt, last = self.cnt, self.last
         cnt[ids] += 1
         last[ids] = t0
         states = [replies[c].get_state("model") for c in ids]
@@ -222,7 +232,7 @@ class KDIA(FedAvg):
             self.uploads.set(c, st)
         n_rep = np.array([replies[c].meta["n"] for c in ids], dtype=np.float64)
         # Teacher: all clients, from the bank; float64 accumulation as in weighted_average.
-        w = teacher_weights(self.sizes, cnt.numpy(), last.numpy(), t0)
+        w = teacher_weights(self.sizes, cnt, last, t0)
         vec = (torch.from_numpy(w) @ self.uploads.matrix().double()).float().to(self.fed.x.device)
         self.teachers.set(0, {**self.global_state, **self.uploads.layout.unflatten(vec, torch.float32)})
         gen_stats = self.train_generator(t, states, n_rep / n_rep.sum())
