@@ -25,6 +25,7 @@ from fldistill.runner import Runner
 def _teacher_gen(args, ref, model, tensors, gen) -> Objective:
     lam, lam_gen = float(args["lam"]), float(args["lam_gen"])
     teacher = {k[len("teacher."):]: v.detach() for k, v in tensors.items() if k.startswith("teacher.")}
+    keys = list(teacher)  # the loss closes over the names only: the per-client values are inputs
     feat = model.feature_shape
     n_cls = model.n_classes
 
@@ -35,7 +36,7 @@ def _teacher_gen(args, ref, model, tensors, gen) -> Objective:
     def loss(net: Net, x: torch.Tensor, y: torch.Tensor, inp: dict[str, torch.Tensor]) -> torch.Tensor:
         out = net.logits(x)
         with torch.no_grad():
-            t_out = functional_call(model, {k: inp["teacher." + k] for k in teacher}, (x,))
+            t_out = functional_call(model, {k: inp["teacher." + k] for k in keys}, (x,))
         kl = F.kl_div(F.log_softmax(out, 1), F.log_softmax(t_out, 1), reduction="batchmean", log_target=True)
         return F.cross_entropy(out, y) + lam * kl + lam_gen * F.cross_entropy(net.head(inp["h"]), inp["yg"])
 

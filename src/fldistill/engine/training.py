@@ -98,26 +98,35 @@ def frozen_forward(module: torch.nn.Module, state: dict[str, torch.Tensor], x: t
 
 
 Inputs = dict[str, torch.Tensor]
-# loss(net, x, y, inputs): ``inputs`` holds the objective's per-client tensors merged with
-# the current step's random draws (see :class:`Objective`).
+# loss(net, x, y, inputs): ``inputs`` holds the objective's shared tensors, its per-client
+# tensors and the current step's random draws, merged in that order (see :class:`Objective`).
 LossFn = Callable[[Net, torch.Tensor, torch.Tensor, Inputs], torch.Tensor]
 
 
 @dataclass
 class Objective:
-    """A local loss, the per-client tensors it reads, and its per-step random inputs.
+    """A local loss, the tensors it reads, and its per-step random inputs.
 
     The contract that lets an engine batch one objective over many clients: ``loss`` may
     close over the request's ``args`` and the worker module (the same for every client of
-    one call), but everything that can differ between clients (an anchor model, control
-    variates, a previous model) is in ``inputs``, and every random draw is made by
-    ``sample``, outside the loss.
+    one call), but every tensor it reads is in ``shared`` (identical for every client of a
+    call: a teacher model, a generator's output) or in ``inputs`` (whatever can differ
+    between clients: an anchor model, control variates, a previous model), and every
+    random draw is made by ``sample``, outside the loss. The vectorised engine runs one
+    client's ``loss`` for a whole group, so it checks that the groups' losses close over
+    equal values (code, and closure cells compared by value) and that their ``shared``
+    are equal; clients that differ are batched separately or run sequentially.
 
     Attributes
     ----------
     inputs : dict
-        Per-client tensors handed to ``loss`` as its fourth argument. A vectorised engine
+        Per-client tensors handed to ``loss`` in its fourth argument. A vectorised engine
         stacks them over clients.
+    shared : dict
+        Tensors identical for every client of a call (by value; e.g. the ``K`` teacher
+        models of a distillation loss), also handed to ``loss`` in its fourth argument. A
+        vectorised engine passes them once, unbatched, instead of a copy per client. Keys
+        also in ``inputs`` or in ``sample``'s draws are overridden by those.
     sample : callable, optional
         ``sample(batch_len) -> dict``, called once per optimiser step, in step order,
         before the loss; its tensors are merged into ``inputs`` for that step (KDIA's
@@ -129,7 +138,8 @@ class Objective:
         Declares that ``loss`` is exactly one of the engine's closed forms, so that a
         vectorised engine may compute it and its gradient with hand-written batched kernels
         instead of autograd: ``{"kind": "ce"}`` (mean cross-entropy of the logits) or
-        ``{"kind": "ce+prox", "mu": mu}`` (plus ``mu/2 * sum_k ||p_k - inputs["anchor." + k]||^2``).
+        ``{"kind": "ce+prox", "mu": mu}`` (plus ``mu/2 * sum_k ||p_k - inputs["anchor." + k]||^2``;
+        the anchors may be in ``inputs`` or in ``shared``).
         ``loss`` stays the reference: the engine's tests check the two agree.
     """
 
@@ -139,12 +149,13 @@ class Objective:
     sample: Callable[[int], Inputs] | None = None
     vectorisable: bool = True
     fused: dict[str, Any] | None = None
+    shared: Inputs = field(default_factory=dict)
 
     def step_inputs(self, batch_len: int) -> Inputs:
-        """``inputs`` plus this step's random draws."""
+        """``shared``, then ``inputs``, then this step's random draws, merged (later keys win)."""
         if self.sample is None:
-            return self.inputs
-        return {**self.inputs, **self.sample(batch_len)}
+            return {**self.shared, **self.inputs} if self.shared else self.inputs
+        return {**self.shared, **self.inputs, **self.sample(batch_len)}
 
 
 # (args from the request metadata, the state the client starts from, the worker module,
