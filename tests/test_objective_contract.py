@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from fldistill.engine.runner import Runner
 
 import fldistill.engine.vectorised as V
 import fldistill.methods.moon  # noqa: F401  (registers the "moon" objective)
 from fldistill.config import LocalConfig
 from fldistill.engine import fastchain
 from fldistill.engine.comm import Unsupported
-from fldistill.engine.runner import Runner
 from fldistill.engine.training import (
     Net,
     Objective,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -73,10 +73,10 @@ class ModuleNet:
         return self.module(x)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module.features(x)
+        return cast(torch.nn.Module, self.module.features)(x)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        return self.module.classifier(h)
+        return cast(torch.nn.Module, self.module.classifier)(h)
 
     def params(self) -> dict[str, torch.Tensor]:
         return dict(self.module.named_parameters())

@@ -54,9 +54,9 @@ import functools
 import hashlib
 import json
 import types
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -105,12 +105,12 @@ class FuncNet:
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if self.plan is not None:
             return run_chain(self.plan.features, x, self._sub("features."))
-        return functional_call(self.model.features, self._sub("features."), (x,))
+        return functional_call(cast(torch.nn.Module, self.model.features), self._sub("features."), (x,))
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         if self.plan is not None:
             return run_chain(self.plan.classifier, h, self._sub("classifier."))
-        return functional_call(self.model.classifier, self._sub("classifier."), (h,))
+        return functional_call(cast(torch.nn.Module, self.model.classifier), self._sub("classifier."), (h,))
 
     def params(self) -> dict[str, torch.Tensor]:
         return self._params
@@ -190,7 +190,7 @@ class ValueKeys:
         data = t.detach().resolve_conj().resolve_neg().contiguous().reshape(-1).view(torch.uint8).cpu().numpy()
         content = (tuple(t.shape), t.dtype, t.device, hashlib.blake2b(data.data, digest_size=16).digest())
         bucket = self._contents.setdefault(content, [])
-        for rep, n in bucket:
+        for rep, n in bucket:  # noqa: B007  (n is the match, read after the loop)
             if torch.equal(rep, t):
                 break
         else:
@@ -280,9 +280,13 @@ def _why_different(a: Objective, b: Objective) -> str:
     if keys.key(a.fused) != keys.key(b.fused):
         return f"their declared closed forms differ ({a.fused}, {b.fused})"
     if keys.key(a.shared) != keys.key(b.shared):
-        diff = sorted(set(a.shared) ^ set(b.shared)) or [k for k in a.shared if keys.key(a.shared[k]) != keys.key(b.shared[k])]
+        diff = sorted(set(a.shared) ^ set(b.shared))
+        diff = diff or [k for k in a.shared if keys.key(a.shared[k]) != keys.key(b.shared[k])]
         what = ", ".join(map(repr, diff[:3])) or "key order"
-        return f"objective {a.name!r}: the clients' shared inputs differ ({what}); Objective.shared must be equal for every client of a call"
+        return (
+            f"objective {a.name!r}: the clients' shared inputs differ ({what}); "
+            "Objective.shared must be equal for every client of a call"
+        )
     la, lb = a.loss, b.loss
     if isinstance(la, types.FunctionType) and isinstance(lb, types.FunctionType) and la.__code__ is lb.__code__:
         diff = [n for (n, ka), (_, kb) in zip(keys.cells(la), keys.cells(lb)) if ka != kb]
@@ -374,7 +378,7 @@ def train_many(
     def one(p: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, inp: Inputs) -> torch.Tensor:
         return loss_fn(FuncNet(model, p, plan), xb, yb, {**shared, **inp} if shared else inp)
 
-    vg = vmap(grad_and_value(one)) if fused is None else _fused_step(plan, fused, shared)  # type: ignore[arg-type]
+    vg: Callable[..., Any] = vmap(grad_and_value(one)) if fused is None else _fused_step(plan, fused, shared)  # type: ignore[arg-type]
     model.train()
     if chunk is None:
         # On CPU, vmapped (grouped) convolutions over very many clients fall out of cache:
@@ -395,7 +399,7 @@ def train_many(
                 idx = torch.stack([sched[i][s] for i in rows])
                 inp = {k: v[sel] for k, v in static.items()}
                 if jobs[0].obj.sample is not None:
-                    inp.update(_stack([jobs[i].obj.sample(b) for i in rows], "sampled inputs"))
+                    inp.update(_stack([cast(Callable[[int], Inputs], jobs[i].obj.sample)(b) for i in rows], "sampled inputs"))
                 p = {k: v[sel] for k, v in P.items()}
                 g, loss = vg(p, x[idx], y[idx], inp)
                 loss_sum[sel] += loss.detach().to(torch.float64)
@@ -448,7 +452,7 @@ def _fused_step(plan: SplitPlan, fused: dict[str, Any], shared: Inputs | None = 
         with torch.no_grad():
             g, loss = ce_grad(plan, p, xb, yb)
             if kind == "ce+prox":
-                prox = 0
+                prox: torch.Tensor | int = 0
                 for k, v in p.items():
                     diff = v - inp["anchor." + k]
                     g[k] = g[k].add(diff, alpha=mu)

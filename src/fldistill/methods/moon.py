@@ -57,12 +57,13 @@ def _moon(
     glob = {k: v.detach() for k, v in _features_of(ref).items()}
     prev = {k: v.detach() for k, v in _features_of(tensors, "prev." + FEAT).items()} or glob
     inputs = {**{"glob." + k: v for k, v in glob.items()}, **{"prev." + k: v for k, v in prev.items()}}
+    keys = list(glob)  # the loss closes over names only: its tensors come per client in `inp`
 
     def loss(net: Net, x: torch.Tensor, y: torch.Tensor, inp: dict[str, torch.Tensor]) -> torch.Tensor:
         h = net.features(x)
         z = h.flatten(1)
-        zg = frozen_forward(model.get_submodule("features"), {k: inp["glob." + k] for k in glob}, x).flatten(1)
-        zp = frozen_forward(model.get_submodule("features"), {k: inp["prev." + k] for k in glob}, x).flatten(1)
+        zg = frozen_forward(model.get_submodule("features"), {k: inp["glob." + k] for k in keys}, x).flatten(1)
+        zp = frozen_forward(model.get_submodule("features"), {k: inp["prev." + k] for k in keys}, x).flatten(1)
         sims = torch.stack([F.cosine_similarity(z, zg, dim=1), F.cosine_similarity(z, zp, dim=1)], 1) / tau
         # -log softmax(sims)[:, 0]: the global model's representation is the positive
         con = F.cross_entropy(sims, torch.zeros(len(z), dtype=torch.long, device=z.device))
