@@ -181,6 +181,15 @@ class StateBank:
         self.present[i] = True
         self.versions[i] += 1
 
+    def initialize(self, i: int, state: Mapping[str, torch.Tensor]) -> None:
+        """Write row ``i``'s initial value: present, at version 0 (still priced as a seed).
+
+        For rows whose initial values differ but all derive from the run seed (IFCA's
+        independently initialised cluster models).
+        """
+        self.set(i, state)
+        self.versions[int(i)] = 0
+
     def append(self, state: Mapping[str, torch.Tensor]) -> int:
         """Add a row at the end (growing banks); returns its index."""
         self.rows += 1

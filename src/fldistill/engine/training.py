@@ -8,6 +8,7 @@ module itself; a vectorised engine can hand it a ``functional_call`` view inside
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +26,24 @@ ModelState = dict[str, torch.Tensor]
 def get_state(model: torch.nn.Module) -> ModelState:
     """A detached copy of the model's parameters and buffers."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def fresh_state(model: torch.nn.Module, seed: int) -> ModelState:
+    """``model``'s architecture with every layer re-initialised by its own initialiser, seeded.
+
+    Drawn on a CPU copy, so the same seed gives the same model on every device; the
+    state is returned on the model's device. For methods that need several independent
+    initial models (IFCA's cluster models); the run's initial model is ``init_state``.
+    """
+    dev = next(iter(model.state_dict().values())).device
+    clone = copy.deepcopy(model).cpu()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        for m in clone.modules():
+            reset = getattr(m, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    return {k: v.detach().to(dev).clone() for k, v in clone.state_dict().items()}
 
 
 def set_state(model: torch.nn.Module, state: ModelState) -> None:
