@@ -141,13 +141,17 @@ class Method:
         kind = Kind.SEED if (is_init and self.cfg.ledger.init_model_free) else Kind.PARAM
         return Payload().put_state(prefix, self.global_state if state is None else state, kind)
 
-    def sample_clients(self, t: int) -> list[int]:
-        """The clients of round ``t``: one seeded stream shared by all methods."""
+    def sample_clients(self, t: int, *keys: int) -> list[int]:
+        """The clients of round ``t``: one seeded stream shared by all methods.
+
+        ``keys`` name further draws within a round (a hierarchical method's edge rounds);
+        without them every method samples the same clients in round ``t``.
+        """
         n = self.fed.n_clients
         k = max(1, int(round(self.cfg.participation * n)))
         if k >= n:
             return list(range(n))
-        return sorted(np_rng(self.cfg.seed, "sample", t).choice(n, k, replace=False).tolist())
+        return sorted(np_rng(self.cfg.seed, "sample", t, *keys).choice(n, k, replace=False).tolist())
 
     def set_global(self, state: ModelState) -> None:
         """Replace the global model (a new version, no longer free to send)."""

@@ -133,7 +133,7 @@ class HFLDD(FedAvg):
         return {k: v for k, v in self._setup_info.items() if not isinstance(v, list)}
 
     # -- FedAvg's round, among the heads -------------------------------------------------
-    def sample_clients(self, t: int) -> list[int]:
+    def sample_clients(self, t: int, *keys: int) -> list[int]:
         """Every head takes part in every round."""
         return list(self.heads)
 
