@@ -16,10 +16,10 @@ A scheme is named by a short string:
 - ``dirichlet-client:ALPHA``: the per-client Dirichlet (FedLab's balanced "client
   Dirichlet"): client sizes are fixed and balanced, ``n_i = floor(n / N)`` with the
   remainder spread +1 over the first ``n mod N`` clients (every sample is used, as in
-  ``iid``), and each client's class proportions are ``q_i ~ Dir(ALPHA * 1_C)`` over the C
-  classes present in the pool. Samples are drawn without replacement; when a class runs out, a client's
-  ``q_i`` is renormalised over the classes that still have samples (uniform over them
-  where ``q_i`` has no mass left). It works for every ALPHA > 0 and every N <= n; a
+  ``iid``), and each client's class proportions are ``q_i ~ Dir(ALPHA * 1_C)`` over
+  the C classes present in the pool. Samples are drawn without replacement; when a
+  class runs out, a client's ``q_i`` is renormalised over the classes that still have
+  samples (uniform over them where ``q_i`` has no mass left). It works for every ALPHA > 0 and every N <= n; a
   paper's Dir(0.01) setting with 100 clients (DisUE's) needs it to run at all;
 - ``quantity:linear|square|exponential``: quantity skew, client sizes proportional to
   i, i^2 or e^i (labels IID).
