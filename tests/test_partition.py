@@ -105,3 +105,100 @@ def test_federation_local_split_and_global_test() -> None:
         assert len(te) == int(np.floor(0.2 * n))
     assert len(fed.y_test) == 360
     assert fed.label_counts().shape == (10, 10)
+
+
+# --------------------------------------------------------------------------- dirichlet-client
+
+
+def _mnist1d_sized_labels() -> np.ndarray:
+    return _labels(1600)  # 16,000 labels over 10 classes, as mnist1d's default training pool
+
+
+def test_dirichlet_client_exact_sizes_and_skew_grows_as_alpha_shrinks() -> None:
+    y = _mnist1d_sized_labels()
+    mean_classes = []
+    for alpha in (1.0, 0.1, 0.01):
+        parts = partition_indices(y, parse_partition(f"dirichlet-client:{alpha}", 10, 100), 100, seed=0)
+        assert [len(p) for p in parts] == [160] * 100, f"alpha={alpha}: every client gets exactly n // N samples"
+        _check_disjoint_cover(parts, len(y))
+        assert all(np.array_equal(p, np.sort(p)) and p.dtype == np.int64 for p in parts)
+        mean_classes.append(float((label_counts(y, parts, 10) > 0).sum(1).mean()))
+    assert mean_classes[0] > mean_classes[1] > mean_classes[2], f"classes per client should drop with alpha: {mean_classes}"
+    assert mean_classes[2] < 3.5 < 8 < mean_classes[0]
+
+
+def test_dirichlet_client_remainder_goes_to_first_clients() -> None:
+    y = np.random.default_rng(2).integers(0, 10, 1605)  # 1605 = 7 * 229 + 2
+    parts = partition_indices(y, parse_partition("dirichlet-client:0.05"), 7, seed=1)
+    assert [len(p) for p in parts] == [230, 230, 229, 229, 229, 229, 229]
+    _check_disjoint_cover(parts, len(y))
+    assert sum(len(p) for p in parts) == len(y), "with the remainder spread, every sample is used"
+
+
+@pytest.mark.parametrize("alpha", [1e-4, 0.01, 100.0])
+def test_dirichlet_client_any_alpha_any_n_the_data_holds(alpha: float) -> None:
+    # Unbalanced classes (one is rare) and as many clients as samples: still exact.
+    y = np.concatenate([np.zeros(5, np.int64), np.ones(300, np.int64), np.full(95, 2)])
+    for n_clients in (400, 133, 3):
+        parts = partition_indices(y, parse_partition(f"dirichlet-client:{alpha}"), n_clients, seed=4)
+        sizes = [len(p) for p in parts]
+        assert max(sizes) - min(sizes) <= 1 and sum(sizes) == len(y)
+        _check_disjoint_cover(parts, len(y))
+
+
+def test_dirichlet_client_is_seeded() -> None:
+    y = _labels()
+    a = partition_indices(y, parse_partition("dirichlet-client:0.3"), 20, seed=7)
+    b = partition_indices(y, parse_partition("dirichlet-client:0.3"), 20, seed=7)
+    c = partition_indices(y, parse_partition("dirichlet-client:0.3"), 20, seed=8)
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    assert not all(np.array_equal(u, v) for u, v in zip(a, c))
+
+
+def test_dirichlet_client_runs_where_dirichlet_fails() -> None:
+    """The headline case: Dir(0.01) over 100 clients of mnist1d."""
+    fed = build_federation("mnist1d", "dirichlet-client:0.01", 100, seed=0)
+    assert fed.partition == "dirichlet-client:0.01"
+    sizes = fed.train_sizes() + np.array([len(t) for t in fed.client_test])
+    assert (sizes == 160).all()
+    assert ((fed.label_counts() > 0).sum(1).mean()) < 3.5
+
+
+def test_dirichlet_failure_names_dirichlet_client() -> None:
+    y = _labels(40)
+    with pytest.raises(ConfigError, match=r"dirichlet-client:0\.01") as info:
+        partition_indices(y, parse_partition("dirichlet:0.01"), 100, seed=0)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("bad", ["dirichlet-client:0", "dirichlet-client:-0.5", "dirichlet-client:x", "dirichlet-client"])
+def test_bad_dirichlet_client_strings(bad: str) -> None:
+    with pytest.raises(ConfigError, match="dirichlet-client"):
+        parse_partition(bad, 10)
+
+
+def test_unknown_partition_lists_dirichlet_client() -> None:
+    with pytest.raises(ConfigError, match=r"dirichlet-client:ALPHA"):
+        parse_partition("shards", 10)
+
+
+# Digests of the federations the code built before ``groups`` and ``dirichlet-client``
+# existed (commit 3831c18): labels and every client's index arrays, bit for bit.
+_BEFORE = {
+    ("digits", "iid", 10): "b69d597fd9f208b6",
+    ("digits", "classes:2", 10): "7f22af8faa6a0b5e",
+    ("digits", "dirichlet:0.5", 10): "f9bb617311b06a51",
+    ("mnist1d", "dirichlet:0.3", 50): "5ce3c011aa944ab8",
+}
+
+
+@pytest.mark.parametrize("key", list(_BEFORE))
+def test_existing_schemes_unchanged(key: tuple[str, str, int]) -> None:
+    import hashlib
+
+    ds, part, n = key
+    fed = build_federation(ds, part, n, 3, dataset_size=2000 if ds == "mnist1d" else None)
+    h = hashlib.sha256()
+    for a in [fed.y.numpy(), fed.y_test.numpy(), *fed.client_train, *fed.client_test]:
+        h.update(np.ascontiguousarray(a).astype(np.int64).tobytes())
+    assert h.hexdigest()[:16] == _BEFORE[key]

@@ -30,6 +30,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         "dataset": args.dataset,
         "data_dir": args.data_dir,
         "partition": args.partition,
+        "groups": args.groups,
         "clients": args.clients,
         "rounds": args.rounds,
         "seed": args.seed,
@@ -133,7 +134,8 @@ def add_config_flags(r: argparse.ArgumentParser) -> None:
     r.add_argument("--method")
     r.add_argument("--dataset")
     r.add_argument("--data-dir", dest="data_dir")
-    r.add_argument("--partition", help="iid | classes:C | dirichlet:ALPHA | quantity:linear|square|exponential")
+    r.add_argument("--partition", help="iid | classes:C | dirichlet:ALPHA | dirichlet-client:ALPHA | quantity:linear|square|exponential")
+    r.add_argument("--groups", metavar="G:KIND", help="ground-truth client groups: G groups, KIND labelswap | rotate | signal")
     r.add_argument("--clients", type=int)
     r.add_argument("--rounds", type=int)
     r.add_argument("--seed", type=int)

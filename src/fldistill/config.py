@@ -89,6 +89,9 @@ class RunConfig(_Strict):
         None, ge=100, description="samples to generate for mnist1d (train+test); None = default"
     )
     partition: str = "iid"
+    groups: str | None = Field(
+        None, description="ground-truth client groups G:KIND (labelswap, rotate, signal); None = no groups"
+    )
     clients: int = Field(100, ge=1)
     participation: float = Field(1.0, gt=0, le=1)
     rounds: int = Field(100, ge=1)
@@ -122,7 +125,8 @@ class RunConfig(_Strict):
         if self.name:
             return self.name
         part = self.partition.replace(":", "")
-        return f"{self.method}-{self.dataset}-{part}-n{self.clients}-s{self.seed}"
+        groups = f"-g{self.groups.replace(':', '').strip()}" if self.groups else ""
+        return f"{self.method}-{self.dataset}-{part}{groups}-n{self.clients}-s{self.seed}"
 
 
 def _describe(err: ValidationError) -> str:

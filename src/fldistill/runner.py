@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from fldistill.config import RunConfig
 from fldistill.data.federation import Federation, build_federation
+from fldistill.data.groups import parse_groups
 from fldistill.data.partition import parse_partition
 from fldistill.data.registry import dataset_info
 from fldistill.engine.comm import Comm, InProcessComm
@@ -76,6 +77,8 @@ def validate(cfg: RunConfig) -> None:
     info = dataset_info(cfg.dataset)
     method_params(cfg)
     parse_partition(cfg.partition, info.n_classes or None, cfg.clients)
+    if cfg.groups is not None:
+        parse_groups(cfg.groups, n_classes=info.n_classes or None, input_shape=info.input_shape or None, n_clients=cfg.clients)
     if info.input_shape:  # folder datasets of unknown shape are checked after loading
         build_model(resolve_model_name(cfg), info.input_shape, info.n_classes)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -98,6 +101,7 @@ def federation_for(cfg: RunConfig) -> Federation:
         public_source=cfg.public.source if get_method(cfg.method).uses_public(params) else None,
         public_size=cfg.public.size,
         device=torch.device(cfg.device),
+        groups=cfg.groups,
     )
 
 

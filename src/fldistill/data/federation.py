@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from fldistill.data.arrays import ArrayDataset
+from fldistill.data.groups import assign_groups, parse_groups, transform
 from fldistill.data.partition import label_counts, parse_partition, partition_indices
 from fldistill.data.registry import dataset_info, load_dataset
 from fldistill.errors import ConfigError
@@ -32,6 +33,14 @@ class Federation:
         The global test set (the dataset's own test split).
     public : ArrayDataset or None
         The public auxiliary set, normalised like the pool, disjoint from both.
+    groups : str or None
+        The ground-truth groups spec, normalised (``"4:rotate"``); None without groups.
+    client_group : np.ndarray or None
+        int64 ``(n_clients,)``: each client's true group. Its local train and test
+        samples in ``x``/``y`` are already transformed by its group's transform.
+    group_test : list of (torch.Tensor, torch.Tensor) or None
+        Per group, the global test set under that group's transform (same device and
+        normalisation as ``x_test``; an unchanged tensor is ``x_test``/``y_test`` itself).
     """
 
     name: str
@@ -47,6 +56,9 @@ class Federation:
     std: np.ndarray
     public: ArrayDataset | None = None
     partition: str = ""
+    groups: str | None = None
+    client_group: np.ndarray | None = None
+    group_test: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -133,6 +145,7 @@ def build_federation(
     public_source: str | None = None,
     public_size: int = 1000,
     device: str | torch.device = "cpu",
+    groups: str | None = None,
 ) -> Federation:
     """Load, partition and split a dataset into a :class:`Federation`.
 
@@ -141,11 +154,19 @@ def build_federation(
     public_source : str or None
         Build the public auxiliary set from this source (see :class:`PublicConfig`);
         None when the method needs none.
+    groups : str or None
+        Ground-truth groups ``G:KIND`` (:mod:`fldistill.data.groups`): each client's
+        local samples are transformed by its group's transform after normalisation, and
+        ``group_test`` holds the transformed global test sets. None: no groups (the
+        federation is exactly the one built without this argument).
     """
     info = dataset_info(dataset)
     parse_partition(partition, info.n_classes or None, n_clients)  # fail fast, before loading
+    if groups is not None:
+        parse_groups(groups, n_classes=info.n_classes or None, input_shape=info.input_shape or None, n_clients=n_clients)
     train, test = load_dataset(dataset, data_dir, dataset_size)
     spec = parse_partition(partition, train.n_classes, n_clients)
+    gspec = None if groups is None else parse_groups(groups, n_classes=train.n_classes, input_shape=train.input_shape, n_clients=n_clients)
     public = None
     keep = np.arange(len(train))
     if public_source is not None:
@@ -169,18 +190,36 @@ def build_federation(
 
     if public is not None:
         public = ArrayDataset((public.x - mean) / std, public.y, public.n_classes, public.name)
+    x, y = norm(pool.x), torch.from_numpy(pool.y).to(dev)
+    x_test, y_test = norm(test.x), torch.from_numpy(test.y).to(dev)
+    client_group, group_test = None, None
+    if gspec is not None:
+        client_group = assign_groups(n_clients, gspec.n_groups, seed)
+        # ``x`` is a fresh array, but on CPU ``y`` shares memory with the loaded labels.
+        y = y.clone()
+        group_test = []
+        for g in range(gspec.n_groups):
+            # A pool sample belongs to one client only, so it is transformed once, in place.
+            members = np.flatnonzero(client_group == g)
+            ix = np.concatenate([tr_parts[c] for c in members] + [te_parts[c] for c in members])
+            t = torch.from_numpy(ix).to(dev)
+            x[t], y[t] = transform(x[t], y[t], gspec.kind, g, train.n_classes, seed)
+            group_test.append(transform(x_test, y_test, gspec.kind, g, train.n_classes, seed))
     return Federation(
         name=dataset,
         n_classes=train.n_classes,
         input_shape=train.input_shape,
-        x=norm(pool.x),
-        y=torch.from_numpy(pool.y).to(dev),
+        x=x,
+        y=y,
         client_train=tr_parts,
         client_test=te_parts,
-        x_test=norm(test.x),
-        y_test=torch.from_numpy(test.y).to(dev),
+        x_test=x_test,
+        y_test=y_test,
         mean=mean,
         std=std,
         public=public,
         partition=str(spec),
+        groups=None if gspec is None else str(gspec),
+        client_group=client_group,
+        group_test=group_test,
     )

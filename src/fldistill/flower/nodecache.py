@@ -4,6 +4,8 @@ Flower's deployment runtime starts a new ClientApp process for every message; bu
 the federation each time (loading the dataset, partitioning) would cost seconds per
 message. The node saves what it built once (safetensors + JSON, no pickle) under
 ``$FLDISTILL_CACHE/flower-federations/<hash of the data config>`` and loads it after.
+The hash covers ``groups``; the ground-truth groups (``client_group``, ``group_test``)
+are saved and loaded with the rest.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from fldistill.data.arrays import ArrayDataset
 from fldistill.data.embedded import cache_dir
 from fldistill.data.federation import Federation
 
-_DATA_KEYS = ("dataset", "data_dir", "dataset_size", "partition", "clients", "seed", "local_test_fraction", "public", "method", "params")
+_DATA_KEYS = (
+    "dataset", "data_dir", "dataset_size", "partition", "groups", "clients", "seed", "local_test_fraction", "public", "method", "params",
+)
 
 
 def _key(cfg: RunConfig) -> str:
@@ -45,6 +49,11 @@ def save_federation(fed: Federation, path: Path) -> None:
     if fed.public is not None:
         arrays["public.x"], arrays["public.y"] = fed.public.x, fed.public.y
         meta["public"] = {"n_classes": fed.public.n_classes, "name": fed.public.name}
+    meta["groups"] = fed.groups
+    if fed.client_group is not None:
+        arrays["client_group"] = np.asarray(fed.client_group, dtype=np.int64)
+    for g, (gx, gy) in enumerate(fed.group_test or []):
+        arrays[f"group_test.{g}.x"], arrays[f"group_test.{g}.y"] = gx.cpu().numpy(), gy.cpu().numpy()
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / "federation.safetensors"))
@@ -64,12 +73,17 @@ def load_federation(path: Path, device: torch.device | str = "cpu") -> Federatio
     pub = meta["public"]
     public = ArrayDataset(a["public.x"], a["public.y"], pub["n_classes"], pub["name"]) if pub else None
     n = meta["n_clients"]
+    n_groups = sum(1 for k in a if k.startswith("group_test.") and k.endswith(".x"))
+    group_test = [
+        (torch.from_numpy(a[f"group_test.{g}.x"]).to(device), torch.from_numpy(a[f"group_test.{g}.y"]).to(device)) for g in range(n_groups)
+    ]
     return Federation(
         name=meta["name"], n_classes=meta["n_classes"], input_shape=tuple(meta["input_shape"]),
         x=torch.from_numpy(a["x"]).to(device), y=torch.from_numpy(a["y"]).to(device),
         client_train=[a[f"train.{i}"] for i in range(n)], client_test=[a[f"test.{i}"] for i in range(n)],
         x_test=torch.from_numpy(a["x_test"]).to(device), y_test=torch.from_numpy(a["y_test"]).to(device),
         mean=a["mean"], std=a["std"], public=public, partition=meta["partition"],
+        groups=meta.get("groups"), client_group=a.get("client_group"), group_test=group_test if meta.get("groups") else None,
     )
 
 
