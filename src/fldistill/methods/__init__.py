@@ -36,7 +36,7 @@ def _load_builtin() -> None:
     # Imported lazily so that `import fldistill.methods` stays cheap and cycle-free.
     import importlib
 
-    for mod in ("centralized", "fedavg", "fedprox", "hfldd", "fedseq", "scaffold", "moon", "dynafed", "kdia"):
+    for mod in ("centralized", "fedavg", "fedprox", "hfldd", "fedseq", "scaffold", "moon", "dynafed", "kdia", "local"):
         try:
             importlib.import_module(f"fldistill.methods.{mod}")
         except ModuleNotFoundError as err:  # a method module still being written
