@@ -101,7 +101,7 @@ def test_aggregates_on_a_hand_made_example() -> None:
     pe = PersonalEval(np.array([1, 90]), np.array([10, 100]), np.zeros(2))
     assert pe.accuracy == 91 / 110 and pe.accuracy_clients == pytest.approx((0.1 + 0.9) / 2)
     assert pe.accuracy_worst(0.1) == 0.1  # ceil(0.2) = 1 client
-    # ceil(10% of 30) is 3, although 0.1 * 30 == 3.0000000000000004 in floats
+    # 30 clients: exactly 3
     acc30 = np.arange(30)
     pe = PersonalEval(acc30, np.full(30, 100), np.zeros(30))
     assert pe.accuracy_worst(0.1) == pytest.approx(0.01)  # (0 + 1 + 2) / 3 / 100

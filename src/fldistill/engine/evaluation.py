@@ -94,7 +94,7 @@ class PersonalEval:
         acc = np.sort(self.client_accuracy[self.evaluated])
         if not acc.size:
             return math.nan
-        k = max(1, math.ceil(fraction * acc.size - 1e-9))  # 10% of 30 clients is 3, not 4 (float noise)
+        k = max(1, math.ceil(fraction * acc.size))
         return float(acc[:k].mean())
 
     def metrics(self) -> dict[str, float]:
