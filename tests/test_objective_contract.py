@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from fldistill.engine.runner import Runner
+from fldistill.runner import Runner
 
 import fldistill.engine.vectorised as V
 import fldistill.methods.moon  # noqa: F401  (registers the "moon" objective)

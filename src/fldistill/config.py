@@ -104,6 +104,9 @@ class RunConfig(_Strict):
     flower: FlowerConfig = Field(default_factory=FlowerConfig)
     params: dict[str, Any] = Field(default_factory=dict, description="method-specific parameters")
     eval_batch_size: int = Field(4096, ge=1)
+    eval_every: int = Field(
+        1, ge=1, description="personalised evaluation every this many rounds (round 0 and the last always)"
+    )
     device: str = "cpu"
     engine: Literal["sequential", "vectorised", "auto"] = "auto"
     divergence_factor: float = Field(

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
@@ -29,7 +30,8 @@ from fldistill.data.groups import parse_groups
 from fldistill.data.partition import parse_partition
 from fldistill.data.registry import dataset_info
 from fldistill.engine.comm import Comm, InProcessComm
-from fldistill.engine.training import evaluate, get_state
+from fldistill.engine.evaluation import PersonalEval, personal_eval
+from fldistill.engine.training import ModelState, evaluate, get_state
 from fldistill.errors import ConfigError, DataError, TrainingDiverged
 from fldistill.ledger import Ledger
 from fldistill.methods import get_method
@@ -179,6 +181,7 @@ class Runner:
         validate(cfg)
         self.cfg = cfg = resolve_defaults(cfg)
         self._progress: Progress | None = None
+        self._personal_last: PersonalEval | None = None  # the last evaluated round's, for summary.json
 
     # -- progress bars -----------------------------------------------------------------
     @contextmanager
@@ -265,7 +268,7 @@ class Runner:
         return meta
 
     # -- the loop ----------------------------------------------------------------------
-    def _evaluate(self, method: Method) -> dict[str, float]:
+    def _evaluate(self, method: Method, t: int) -> dict[str, float]:
         rec: dict[str, float] = {}
         done: dict[int, tuple[float, float]] = {}  # a state listed under two keys is evaluated once
         for key, state in method.eval_states().items():
@@ -274,7 +277,69 @@ class Runner:
             acc, loss = done[id(state)]
             pre = f"{key}_" if key else ""
             rec[f"{pre}accuracy"], rec[f"{pre}loss"] = acc, loss
+        if self._personal_round(t):
+            rec.update(self._personal(method))
         return rec
+
+    # -- personalised evaluation -------------------------------------------------------
+    def _personal_round(self, t: int) -> bool:
+        """Whether round ``t`` gets the personalised evaluation (every ``eval_every``; 0 and the last always)."""
+        return t == 0 or t >= self.cfg.rounds or t % self.cfg.eval_every == 0
+
+    def _personal_eval(self, states: list[ModelState], assign: np.ndarray) -> PersonalEval | None:
+        """Each client's model on its local test split; None when no client has one."""
+        if self.cfg.local_test_fraction == 0:
+            return None
+        pe = personal_eval(self.model, states, assign, self.fed, self.cfg.eval_batch_size)
+        return pe if int(pe.n.sum()) > 0 else None
+
+    def _personal(self, method: Method) -> dict[str, float]:
+        """``personalized_*`` metrics and, with ground-truth groups, ``purity``, ``ari``, ``group_accuracy``.
+
+        These keys are computed by the runner; where a method's own extra metrics of the
+        round use the same name (HFLDD logs its clustering's ``purity`` at round 0), the
+        method's value is kept (:meth:`_record` writes extras last).
+        """
+        out: dict[str, float] = {}
+        states, assign = method.personal_models()
+        assign = np.asarray(assign, dtype=np.int64)
+        pe = self._personal_eval(states, assign)
+        if pe is not None:
+            out.update(pe.metrics())
+            self._personal_last = pe
+        # Ground-truth groups come with some federations (planted clusters); read them
+        # defensively so that federations without them need no field.
+        groups = getattr(self.fed, "client_group", None)
+        if groups is None:
+            return out
+        groups = np.asarray(groups, dtype=np.int64)
+        pred = method.cluster_assignment()
+        if pred is not None:
+            from fldistill.cluster import adjusted_rand, purity
+
+            out["purity"] = purity(pred, [frozenset({int(g)}) for g in groups])
+            out["ari"] = adjusted_rand(pred, groups)
+        group_test = getattr(self.fed, "group_test", None)
+        if group_test is not None:
+            out["group_accuracy"] = self._group_accuracy(states, assign, groups, group_test)
+        return out
+
+    def _group_accuracy(
+        self, states: list[ModelState], assign: np.ndarray, groups: np.ndarray, group_test: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> float:
+        """Mean over groups of the accuracy, on the group's test set, of the model most of its clients use.
+
+        Ties go to the lowest model index; groups without clients or test samples are left out.
+        """
+        dev = self.fed.x.device
+        accs = []
+        for g, (xg, yg) in enumerate(group_test):
+            used = assign[groups == g]
+            if used.size == 0 or len(yg) == 0:
+                continue
+            m = int(np.bincount(used).argmax())
+            accs.append(evaluate(self.model, states[m], xg.to(dev), yg.to(dev), self.cfg.eval_batch_size)[0])
+        return float(np.mean(accs)) if accs else math.nan
 
     def _record(self, t: int, wall: float, evals: dict[str, float], extra: dict[str, Any]) -> dict[str, Any]:
         rec: dict[str, Any] = {"round": t, **evals}
@@ -312,7 +377,7 @@ class Runner:
                 _atomic_write_text(self.out / "config.json", cfg.to_json() + "\n")
                 setup_extra = method.setup()
                 wall0 = 0.0
-                rec = self._record(0, time.perf_counter() - t0, self._evaluate(method), setup_extra)
+                rec = self._record(0, time.perf_counter() - t0, self._evaluate(method, 0), setup_extra)
                 records = [rec]
                 _atomic_write_text(metrics_path, json.dumps(rec) + "\n")
                 self.save_checkpoint(method, 0, rec["wall_s"], setup_extra)
@@ -323,7 +388,7 @@ class Runner:
                 for t in range(start, cfg.rounds + 1):
                     extra = method.round(t)
                     wall = wall0 + (time.perf_counter() - t0)
-                    rec = self._record(t, wall, self._evaluate(method), extra)
+                    rec = self._record(t, wall, self._evaluate(method, t), extra)
                     self._check(t, rec, ref_loss)
                     records.append(rec)
                     with open(metrics_path, "a") as f:
@@ -372,7 +437,22 @@ class Runner:
         for k, v in records[-1].items():
             if k.endswith("accuracy") and k != "accuracy":
                 s[f"final_{k}"] = v
+        s.update(self._personal_summary(method, records[-1]))
         s.update(method.summary_extra())
+        return s
+
+    def _personal_summary(self, method: Method, last: dict[str, Any]) -> dict[str, Any]:
+        """summary.json's personalised entries, from the last round (always evaluated)."""
+        s: dict[str, Any] = {k: last[k] for k in ("personalized_accuracy_worst10", "personalized_accuracy_clients") if k in last}
+        s = {f"final_{k}": v for k, v in s.items()}
+        s.update({f"final_{k}": last[k] for k in ("purity", "ari") if k in last})
+        pe = self._personal_last
+        if pe is None and "personalized_accuracy" in last:  # resumed after the last round: the method holds its state
+            pe = self._personal_eval(*method.personal_models())
+        if pe is not None and "personalized_accuracy" in last:
+            # None for clients with an empty local test split (JSON has no NaN)
+            s["per_client_accuracy"] = [None if k == 0 else float(a) for a, k in zip(pe.client_accuracy, pe.n)]
+            s["personalized_clients_skipped"] = pe.skipped
         return s
 
     def _plots(self) -> None:

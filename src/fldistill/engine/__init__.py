@@ -21,6 +21,9 @@ Server-side state
 Training helpers
     :func:`local_train`, :func:`evaluate`, :func:`predict_proba`, :func:`weighted_average`,
     :func:`get_state`, :func:`set_state`.
+Personalised evaluation
+    :func:`personal_eval` (each client's model on its local test split, batched by model;
+    the runner calls it with ``Method.personal_models``) and its :class:`PersonalEval`.
 
 The vectorised twins of tasks live in :mod:`fldistill.engine.vectorised` and
 :mod:`fldistill.engine.fastchain`; a method never calls them directly.
@@ -39,6 +42,7 @@ from fldistill.engine.comm import (
     train_streams,
     train_task,
 )
+from fldistill.engine.evaluation import PersonalEval, personal_eval
 from fldistill.engine.state import StateBank
 from fldistill.engine.training import (
     ModelState,
@@ -70,6 +74,7 @@ __all__ = [
     "Net",
     "Objective",
     "Payload",
+    "PersonalEval",
     "StateBank",
     "Unsupported",
     "batched_task",
@@ -82,6 +87,7 @@ __all__ = [
     "local_train",
     "make_objective",
     "objective",
+    "personal_eval",
     "predict_proba",
     "set_state",
     "task",

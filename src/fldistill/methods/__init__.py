@@ -36,7 +36,8 @@ def _load_builtin() -> None:
     # Imported lazily so that `import fldistill.methods` stays cheap and cycle-free.
     import importlib
 
-    for mod in ("centralized", "fedavg", "fedprox", "hfldd", "fedseq", "scaffold", "moon", "dynafed", "kdia", "ifca", "cfl", "cflhkd"):
+    builtin = ("centralized", "fedavg", "fedprox", "hfldd", "fedseq", "scaffold", "moon", "dynafed", "kdia", "local", "ifca", "cfl", "cflhkd")
+    for mod in builtin:
         try:
             importlib.import_module(f"fldistill.methods.{mod}")
         except ModuleNotFoundError as err:  # a method module still being written

@@ -2,8 +2,9 @@
 
 A method never owns the round loop. The runner calls :meth:`Method.setup` once (one-off
 phases such as HFLDD's clustering and distillation), then :meth:`Method.round` for each
-round, evaluates :meth:`Method.eval_states`, logs, and checkpoints
-:meth:`Method.state_dict`.
+round, evaluates :meth:`Method.eval_states` (and, for personalised evaluation,
+:meth:`Method.personal_models` and :meth:`Method.cluster_assignment`), logs, and
+checkpoints :meth:`Method.state_dict`.
 """
 
 from __future__ import annotations
@@ -87,6 +88,30 @@ class Method:
     def eval_states(self) -> dict[str, ModelState]:
         """Models to evaluate on the global test set; key ``""`` is the reported one."""
         return {"": self.global_state}
+
+    def personal_models(self) -> tuple[list[ModelState], np.ndarray]:
+        """The models clients use, for personalised evaluation on their local test splits.
+
+        Returns
+        -------
+        states : list of ModelState
+            The distinct models.
+        assign : np.ndarray
+            Per client, the index of its model in ``states``, int64 ``(N,)``.
+
+        The default is a global method's: every client uses the reported model
+        (``eval_states()[""]``). Clustered methods return their cluster models and each
+        client's cluster; local training one model per client.
+        """
+        return [self.eval_states()[""]], np.zeros(self.fed.n_clients, dtype=np.int64)
+
+    def cluster_assignment(self) -> np.ndarray | None:
+        """A clustered method's current cluster of every client (int64 ``(N,)``), or None.
+
+        When not None and the federation has ground-truth groups, the runner logs its
+        ``purity`` and ``ari`` against them.
+        """
+        return None
 
     def summary_extra(self) -> dict[str, Any]:
         """Extra entries for ``summary.json``."""

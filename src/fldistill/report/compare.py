@@ -41,6 +41,10 @@ CSV_COLUMNS = [
     "run_dir",
 ]
 
+# Personalised-evaluation columns, appended (to the CSV and the tables) only when some run
+# logged personalised metrics, so older comparisons stay exactly as they were.
+PERSONAL_COLUMNS = ["final_personalized_accuracy", "final_personalized_accuracy_worst10"]
+
 
 @dataclass
 class RunRecord:
@@ -171,7 +175,16 @@ def _summary_from_metrics(config: dict, metrics: list[dict]) -> dict:
         "seconds_per_round": wall / last_round if last_round > 0 else None,
         "seed": config.get("seed"),
         "status": "incomplete",
+        **_personal_from_metrics(metrics),
     }
+
+
+def _personal_from_metrics(metrics: list[dict]) -> dict:
+    """The final personalised metrics: those of the last row that has them (empty if none does)."""
+    for row in reversed(metrics):
+        if row.get("personalized_accuracy") is not None:
+            return {f"final_{k}": row.get(k) for k in ("personalized_accuracy", "personalized_accuracy_worst10")}
+    return {}
 
 
 def load_run(run_dir: Path) -> RunRecord:
@@ -320,6 +333,7 @@ def _row(rec: RunRecord, target: float) -> dict[str, Any]:
         "wall_s": float(s.get("wall_s") or 0.0),
         "seconds_per_round": s.get("seconds_per_round"),
         "run_dir": str(rec.run_dir),
+        **{k: s.get(k) for k in PERSONAL_COLUMNS},
     }
 
 
@@ -348,6 +362,16 @@ def _display_cells(row: dict) -> list[str]:
     ]
 
 
+def _has_personal(rows: list[dict]) -> bool:
+    """Whether any row carries personalised metrics (then their columns are shown)."""
+    return any(row.get(k) is not None for row in rows for k in PERSONAL_COLUMNS)
+
+
+def _personal_cells(row: dict) -> list[str]:
+    """The cells of :data:`_PERSONAL_HEADERS` ('-' for a run without personalised metrics)."""
+    return [_fmt(row.get(k)) for k in PERSONAL_COLUMNS]
+
+
 _DISPLAY_HEADERS = [
     "run",
     "final acc",
@@ -361,6 +385,9 @@ _DISPLAY_HEADERS = [
     "status",
 ]
 
+
+# Display and terminal headers of PERSONAL_COLUMNS, after the others.
+_PERSONAL_HEADERS = {"personalised acc": "pers", "personalised worst 10%": "worst10"}
 
 # The terminal table's columns: a display header -> its short name.
 _TERMINAL_HEADERS = {
@@ -396,26 +423,30 @@ def render_table(rows: list[dict], title: str = "") -> Table:
 
     table = Table(title=title or None, box=box.SIMPLE_HEAD, pad_edge=False)
     keep = [_DISPLAY_HEADERS.index(h) for h in _TERMINAL_HEADERS]
-    for i, header in enumerate(_TERMINAL_HEADERS.values()):
+    personal = _has_personal(rows)
+    headers = list(_TERMINAL_HEADERS.values()) + (list(_PERSONAL_HEADERS.values()) if personal else [])
+    for i, header in enumerate(headers):
         table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
     for row in rows:
         cells = _display_cells(row)
-        table.add_row(*[cells[k] for k in keep])
+        table.add_row(*[cells[k] for k in keep], *(_personal_cells(row) if personal else []))
     return table
 
 
 def _write_markdown(rows: list[dict], path: Path, target_line: str) -> None:
     """Write compare.md: a Markdown table and the target line."""
+    personal = _has_personal(rows)
+    headers = _DISPLAY_HEADERS + (list(_PERSONAL_HEADERS) if personal else [])
     lines = [
         "# Comparison of runs",
         "",
         target_line,
         "",
-        "| " + " | ".join(_DISPLAY_HEADERS) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(_DISPLAY_HEADERS) - 1)) + "|",
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|",
     ]
     for row in rows:
-        cells = [c.replace("|", "\\|") for c in _display_cells(row)]
+        cells = [c.replace("|", "\\|") for c in _display_cells(row) + (_personal_cells(row) if personal else [])]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -423,11 +454,12 @@ def _write_markdown(rows: list[dict], path: Path, target_line: str) -> None:
 
 def _write_csv(rows: list[dict], path: Path) -> None:
     """Write compare.csv with raw numbers (empty cell for None)."""
+    columns = CSV_COLUMNS + (PERSONAL_COLUMNS if _has_personal(rows) else [])
     with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_COLUMNS})
+            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
 
 
 def compare_runs(run_dirs: list[Path], out_dir: Path, target: float | None = None) -> list[dict]:
@@ -447,7 +479,8 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, target: float | None = Non
     Returns
     -------
     list of dict
-        One row per run (keys of :data:`CSV_COLUMNS`; ``target`` records the target used).
+        One row per run (keys of :data:`CSV_COLUMNS` and :data:`PERSONAL_COLUMNS`, None
+        where a run has no personalised metrics; ``target`` records the target used).
 
     Raises
     ------

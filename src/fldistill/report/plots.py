@@ -32,14 +32,32 @@ def _series(metrics: list[dict], key: str) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
+# Personalised accuracy (each client's model on its local test split) and its worst 10%:
+# drawn as their own pair of curves, on the rounds that were evaluated.
+PERSONAL = "personalized_accuracy"
+PERSONAL_WORST = "personalized_accuracy_worst10"
+
+
 def _extra_accuracy_keys(metrics: list[dict]) -> list[str]:
-    """Numeric keys other than ``accuracy`` whose name ends in ``accuracy``, in first-seen order."""
+    """Numeric keys other than ``accuracy`` (and personalised accuracy) ending in ``accuracy``, first-seen order."""
     keys: list[str] = []
     for row in metrics:
         for k, v in row.items():
-            if k != "accuracy" and k.endswith("accuracy") and isinstance(v, (int, float)) and k not in keys:
+            if k not in ("accuracy", PERSONAL) and k.endswith("accuracy") and isinstance(v, (int, float)) and k not in keys:
                 keys.append(k)
     return keys
+
+
+def _plot_personal(ax: plt.Axes, metrics: list[dict], color: str | None = None, label: str = "") -> None:
+    """Personalised accuracy (solid) and its worst 10% of clients (dashed), when the run logged them."""
+    xs, ys = _series(metrics, PERSONAL)
+    if not xs:
+        return
+    pre = f"{label} " if label else ""
+    (line,) = ax.plot(xs, ys, color=color, marker="s", ms=3, label=f"{pre}personalised accuracy")
+    wx, wy = _series(metrics, PERSONAL_WORST)
+    if wx:
+        ax.plot(wx, wy, color=line.get_color(), ls="--", lw=1, label=f"{pre}personalised, worst 10% of clients")
 
 
 def _bits_series(metrics: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -119,6 +137,7 @@ def plot_run(run_dir: Path) -> list[Path]:
     ax_acc.plot(*_series(m, "accuracy"), marker="o", ms=3, label="accuracy")
     for key in _extra_accuracy_keys(m):
         ax_acc.plot(*_series(m, key), marker=".", ms=3, ls="--", label=key)
+    _plot_personal(ax_acc, m)
     ax_acc.set_xlabel("round")
     ax_acc.set_ylabel("test accuracy")
     ax_acc.grid(alpha=0.3)
@@ -155,7 +174,8 @@ def plot_overlay(records: list[RunRecord], out_dir: Path, target: float | None =
     """Overlay several runs: accuracy versus round and versus cumulative bits.
 
     Runs that communicate nothing (e.g. centralized) appear on the bits plot as a
-    horizontal line at their best accuracy.
+    horizontal line at their best accuracy. Runs that logged personalised accuracy add it
+    to the accuracy-versus-round plot in their colour (and its worst 10% dashed).
 
     Parameters
     ----------
@@ -177,6 +197,7 @@ def plot_overlay(records: list[RunRecord], out_dir: Path, target: float | None =
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for i, rec in enumerate(records):
         ax.plot(*_series(rec.metrics, "accuracy"), label=rec.label, color=colors[i % len(colors)])
+        _plot_personal(ax, rec.metrics, color=colors[i % len(colors)], label=rec.label)
     if target is not None:
         ax.axhline(target, color="gray", ls=":", lw=1, label=f"target {target:.3f}")
     ax.set_xlabel("round")
