@@ -9,6 +9,12 @@ Usage::
     python benchmarks/suite.py --suite foundation --out benchmarks/results/mnist1d
     python benchmarks/suite.py --suite paper --out benchmarks/results/mnist1d
     python benchmarks/suite.py --suite kdia --rounds 200 --out benchmarks/results/mnist1d-kdia
+    python benchmarks/suite.py --suite clustered --out benchmarks/results/mnist1d-clustered
+    python benchmarks/suite.py --suite cflhkd --seeds 0,1,2 --out benchmarks/results/mnist1d-cflhkd
+
+A setting is a partition, optionally with ground-truth groups after a ``|``
+(``iid|4:labelswap``). With ``--seeds`` every run is repeated per seed (``<label>-s<seed>``)
+and ``clustered_table.md`` reports mean ± std over the seeds.
 """
 
 from __future__ import annotations
@@ -57,15 +63,61 @@ SUITES: dict[str, dict[str, list[tuple[str, str, list[str]]]]] = {
         ]
         for p in ("dirichlet:0.1", "dirichlet:0.5")
     },
+    # issue 13: clustered FL on concept-shift groups and on label skew, N=100, T=100
+    "clustered": {
+        p: [
+            ("ifca", "ifca", []),
+            ("cfl", "cfl", []),
+            ("local", "local", []),
+            ("fedavg", "fedavg", []),
+            ("fedprox", "fedprox", []),
+        ]
+        for p in ("iid|4:labelswap", "iid|4:signal", "dirichlet:0.1")
+    },
+    # issue 14: reconstructed CFLHKD (variants A and B) against the clustered and global baselines
+    "cflhkd": {
+        p: [
+            ("cflhkd-b", "cflhkd", ["params.variant=b"]),
+            ("cflhkd-a", "cflhkd", []),
+            ("ifca", "ifca", []),
+            ("cfl", "cfl", []),
+            ("local", "local", []),
+            ("fedavg", "fedavg", []),
+            ("fedprox", "fedprox", []),
+        ]
+        for p in ("dirichlet:0.1", "iid|4:labelswap")
+    },
+    # issue 14: CFLHKD's edge rounds per cloud round and number of clusters (defaults: R_e=2, K=4)
+    "cflhkd-sweep": {
+        p: [
+            ("cflhkd-re5", "cflhkd", ["params.edge_rounds=5"]),
+            ("cflhkd-re1", "cflhkd", ["params.edge_rounds=1"]),
+            ("cflhkd-k8", "cflhkd", ["params.k=8"]),
+            ("cflhkd-k2", "cflhkd", ["params.k=2"]),
+        ]
+        for p in ("dirichlet:0.1", "iid|4:labelswap")
+    },
 }
 
 
-def run_one(out: Path, partition: str, label: str, method: str, sets: list[str], rounds: int, clients: int, dataset: str) -> str:
-    d = out / partition.replace(":", "") / label
+def setting_dir(setting: str) -> str:
+    """The folder of a setting: ``iid|4:labelswap`` -> ``iid-4labelswap``."""
+    return setting.replace(":", "").replace("|", "-")
+
+
+def run_one(
+    out: Path, setting: str, label: str, method: str, sets: list[str], rounds: int, clients: int, dataset: str, seed: int | None = None
+) -> str:
+    partition, _, groups = setting.partition("|")
+    d = out / setting_dir(setting) / (label if seed is None else f"{label}-s{seed}")
     if (d / "summary.json").exists():
-        return f"{label} {partition}: done already"
+        return f"{d.name} {setting}: done already"
     cmd = [sys.executable, "-m", "fldistill.cli", "run", "--method", method, "--dataset", dataset, "--partition", partition,
            "--clients", str(clients), "--rounds", str(rounds), "--out", str(d), "--quiet"]
+    if groups:
+        cmd += ["--groups", groups]
+    if seed is not None:
+        cmd += ["--seed", str(seed)]
     for s in sets:
         cmd += ["--set", s]
     if (d / "metrics.jsonl").exists():
@@ -73,7 +125,7 @@ def run_one(out: Path, partition: str, label: str, method: str, sets: list[str],
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     t = time.time()
     r = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    return f"{label} {partition}: rc={r.returncode} {time.time() - t:.0f}s {r.stdout.strip()[-300:]} {r.stderr.strip()[-300:]}"
+    return f"{d.name} {setting}: rc={r.returncode} {time.time() - t:.0f}s {r.stdout.strip()[-300:]} {r.stderr.strip()[-300:]}"
 
 
 def write_table(out: Path) -> Path:
@@ -110,6 +162,45 @@ def write_table(out: Path) -> Path:
     return path
 
 
+def _mean_std(values: list[float]) -> str:
+    import numpy as np
+
+    v = np.array([x for x in values if x is not None], dtype=np.float64)
+    if v.size == 0:
+        return "-"
+    return f"{v.mean():.4f}" if v.size == 1 else f"{v.mean():.4f} ± {v.std(ddof=1):.4f}"
+
+
+def write_seeded_table(out: Path) -> Path:
+    """Mean ± std over seeds (runs ``<label>-s<seed>``) of global and personalised accuracy, per setting."""
+    import re
+
+    from fldistill.report.compare import format_bits
+
+    cols = ["setting", "method", "seeds", "global acc (last 5)", "personalised acc", "personalised worst 10%",
+            "group acc", "purity", "ARI", "total sent", "s/round"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for sdir in sorted(p for p in out.iterdir() if p.is_dir()):
+        groups: dict[str, list[dict]] = {}
+        for d in sorted(sdir.iterdir()):
+            if (d / "summary.json").exists():
+                groups.setdefault(re.sub(r"-s\d+$", "", d.name), []).append(json.loads((d / "summary.json").read_text()))
+        for label, ss in groups.items():
+            row = [sdir.name, label, str(len(ss)),
+                   _mean_std([x["final_accuracy_mean5"] for x in ss]),
+                   _mean_std([x.get("final_personalized_accuracy") for x in ss]),
+                   _mean_std([x.get("final_personalized_accuracy_worst10") for x in ss]),
+                   _mean_std([x.get("final_group_accuracy") for x in ss]),
+                   _mean_std([x.get("final_purity") for x in ss]),
+                   _mean_std([x.get("final_ari") for x in ss]),
+                   format_bits(int(sum(x["total_bits"] for x in ss) / len(ss))),
+                   _mean_std([x.get("seconds_per_round") for x in ss])]
+            lines.append("| " + " | ".join(row) + " |")
+    path = out / "clustered_table.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--suite", default="foundation", choices=sorted(SUITES))
@@ -118,15 +209,18 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--dataset", default="mnist1d")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--only", help="comma-separated partitions to run")
+    ap.add_argument("--only", help="comma-separated settings to run")
+    ap.add_argument("--seeds", help="comma-separated seeds: every run once per seed, a mean ± std table")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(p, *spec) for p, specs in SUITES[a.suite].items() for spec in specs if not a.only or p in a.only.split(",")]
-    # longest first: the position of a run in its partition's list is its expected rank in cost
+    seeds: list[int | None] = [int(x) for x in a.seeds.split(",")] if a.seeds else [None]
+    jobs = [(p, *spec, seed) for seed in seeds for p, specs in SUITES[a.suite].items() for spec in specs
+            if not a.only or p in a.only.split(",")]
+    # longest first: the position of a run in its setting's list is its expected rank in cost
     jobs.sort(key=lambda j: [s[0] for s in SUITES[a.suite][j[0]]].index(j[1]))
     with ThreadPoolExecutor(a.workers) as ex:
-        for msg in ex.map(lambda j: run_one(out, j[0], j[1], j[2], j[3], a.rounds, a.clients, a.dataset), jobs):
+        for msg in ex.map(lambda j: run_one(out, j[0], j[1], j[2], j[3], a.rounds, a.clients, a.dataset, j[4]), jobs):
             print(msg, flush=True)
     import torch
 
@@ -134,10 +228,15 @@ def main() -> None:
            "python": platform.python_version(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     (out / "environment.json").write_text(json.dumps(env, indent=2) + "\n")
     for p in SUITES[a.suite]:
-        dirs = [str(out / p.replace(":", "") / lab) for lab, _, _ in SUITES[a.suite][p] if (out / p.replace(":", "") / lab / "summary.json").exists()]
+        sd = out / setting_dir(p)
+        names = [lab if seed is None else f"{lab}-s{seed}" for lab, _, _ in SUITES[a.suite][p] for seed in seeds[:1]]
+        dirs = [str(sd / n) for n in names if (sd / n / "summary.json").exists()]
         if dirs:
-            subprocess.run([sys.executable, "-m", "fldistill.cli", "compare", *dirs, "--out", str(out / p.replace(":", "") / "compare")])
-    print(write_table(out).read_text())
+            subprocess.run([sys.executable, "-m", "fldistill.cli", "compare", *dirs, "--out", str(sd / "compare")])
+    if a.seeds or a.suite in ("clustered", "cflhkd", "cflhkd-sweep"):
+        print(write_seeded_table(out).read_text())
+    else:
+        print(write_table(out).read_text())
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from fldistill.runner import Runner
 
 import fldistill.engine.vectorised as V
 import fldistill.methods.moon  # noqa: F401  (registers the "moon" objective)
@@ -32,6 +31,7 @@ from fldistill.engine.training import (
 from fldistill.engine.vectorised import ClientJob, ValueKeys, group_jobs, train_many
 from fldistill.ledger import Kind
 from fldistill.models import build_model
+from fldistill.runner import Runner
 
 SEEN_PTRS: list[int] = []  # data pointers a loss saw (module-level: not a closure cell)
 

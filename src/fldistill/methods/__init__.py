@@ -36,7 +36,10 @@ def _load_builtin() -> None:
     # Imported lazily so that `import fldistill.methods` stays cheap and cycle-free.
     import importlib
 
-    builtin = ("centralized", "fedavg", "fedprox", "hfldd", "fedseq", "scaffold", "moon", "dynafed", "kdia", "local", "ifca", "cfl", "cflhkd")
+    builtin = (
+        *("centralized", "fedavg", "fedprox", "hfldd", "fedseq", "scaffold", "moon", "dynafed", "kdia"),
+        *("local", "ifca", "cfl", "cflhkd"),
+    )
     for mod in builtin:
         try:
             importlib.import_module(f"fldistill.methods.{mod}")
