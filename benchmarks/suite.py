@@ -67,6 +67,7 @@ SUITES: dict[str, dict[str, list[tuple[str, str, list[str]]]]] = {
     "clustered": {
         p: [
             ("ifca", "ifca", []),
+            ("ifca-search", "ifca", ["params.init=search"]),
             ("cfl", "cfl", []),
             ("local", "local", []),
             ("fedavg", "fedavg", []),

@@ -77,12 +77,12 @@ def test_cfl_split_maps_positions_to_client_ids(tmp_path: Path, make_cfg) -> Non
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(40, generator=g), torch.randn(40, generator=g)
     dws = torch.stack([a, b, a, b, a, b]) + 0.01 * torch.randn(6, 40, generator=g)
-    halves = m._bipartition(came, dws, absent=[])
-    assert sorted(map(sorted, halves)) == [[3, 8, 10], [5, 9, 11]]
+    halves, gap = m._bipartition(came, dws, absent=[])
+    assert sorted(map(sorted, halves)) == [[3, 8, 10], [5, 9, 11]] and gap > 0.5  # two clean directions
     # an absent member joins the half whose mean update matches its latest one
     m.updates.set(7, m.updates.layout.unflatten(torch.cat([b, torch.zeros(m.updates.layout.widths[torch.float32] - 40)]), torch.float32))
     dws_full = torch.nn.functional.pad(dws, (0, m.updates.layout.widths[torch.float32] - 40))
-    halves = m._bipartition(came, dws_full, absent=[7, 2])
+    halves, _ = m._bipartition(came, dws_full, absent=[7, 2])
     with_b = next(h for h in halves if 5 in h)
     assert 7 in with_b and sum(len(h) for h in halves) == 8 and 2 in max(halves, key=len)
 
@@ -95,3 +95,18 @@ def test_cfl_splits_and_resumes(tmp_path: Path, make_cfg, resume_check) -> None:
     members = sorted(c for cl in s["clusters"] for c in cl)
     assert members == list(range(8)) and len(s["clusters"]) >= 2
     assert np.all(np.diff([r["n_clusters"] for r in full[1:]]) >= 0)
+
+
+def test_ifca_and_cfl_recover_labelswap_groups(tmp_path: Path, make_cfg) -> None:
+    """Four ground-truth groups by label permutation: both methods find them exactly."""
+    base = dict(dataset="mnist1d", partition="iid", clients=24, rounds=12, groups="4:labelswap",
+                local={"amount": 2, "lr": 0.15, "batch_size": 32, "momentum": 0.9}, seed=0)
+    for method, params in (("ifca", {"clusters": 4, "init": "search", "init_share": 0.2}), ("cfl", {"warmup": 2})):
+        d = tmp_path / method
+        s = Runner(make_cfg(method=method, params=params, **base), d, quiet=True).run()
+        assert s["final_purity"] == 1.0 and s["final_ari"] == 1.0, (method, s.get("final_purity"))
+        doc = json.loads((d / "clustering.json").read_text())
+        assert doc["clusters"] == 4 and len(doc["assignment"]) == 24 and doc["by_round"][-1]["ari"] == 1.0
+    # FedAvg is one model for everyone: it cannot serve four label permutations
+    s = Runner(make_cfg(method="fedavg", **base), tmp_path / "fedavg", quiet=True).run()
+    assert s["final_personalized_accuracy"] < 0.5 and not (tmp_path / "fedavg" / "clustering.json").exists()

@@ -403,8 +403,33 @@ class Runner:
                 ) from None
         summary = self._summary(method, records, setup_extra)
         _atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        self._write_assignment(method, records)
         self._plots()
         return summary
+
+    def _write_assignment(self, method: Method, records: list[dict[str, Any]]) -> None:
+        """A clustered method's final client -> cluster assignment in ``clustering.json``.
+
+        Written only for methods with a :meth:`Method.cluster_assignment` (HFLDD writes its
+        own clustering file in its setup). With ground-truth groups, the true group of every
+        client and the purity and ARI of each evaluated round are written beside it.
+        """
+        assign = method.cluster_assignment()
+        if assign is None:
+            return
+        groups = getattr(self.fed, "client_group", None)
+        doc: dict[str, Any] = {
+            "format": "fldistill.assignment/1",
+            "method": self.cfg.method,
+            "round": records[-1]["round"],
+            "assignment": [int(a) for a in assign],
+            "clusters": int(len(set(int(a) for a in assign))),
+        }
+        if groups is not None:
+            doc["groups"] = getattr(self.fed, "groups", None)
+            doc["true_group"] = [int(g) for g in groups]
+            doc["by_round"] = [{"round": r["round"], "purity": r["purity"], "ari": r["ari"]} for r in records if "ari" in r]
+        _atomic_write_text(self.out / "clustering.json", json.dumps(doc) + "\n")
 
     def _summary(self, method: Method, records: list[dict[str, Any]], setup_extra: dict[str, Any]) -> dict[str, Any]:
         rounds = [r for r in records if r["round"] >= 1]

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from fldistill.cluster import agglomerative, cosine_matrix, kmeans_rows
-from fldistill.engine.training import ModelState, Net, Objective, frozen_forward, objective, weighted_average
+from fldistill.engine.training import ModelState, Net, Objective, frozen_forward, get_state, objective, set_state, weighted_average
 from fldistill.ledger import CLOUD, Kind, Payload, edge
 from fldistill.methods import register
 from fldistill.methods.base import RunContext
@@ -237,8 +237,6 @@ class CFLHKD(FedAvg):
         with torch.no_grad():
             target = sum(wk * frozen_forward(model, self.edges.get(j), x) for j, wk in enumerate(w))
             soft = F.softmax(torch.as_tensor(target) / p.tau, 1)
-        from fldistill.engine.training import get_state, set_state
-
         set_state(model, self.global_state)
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=p.distill_lr)
