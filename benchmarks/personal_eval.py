@@ -3,7 +3,9 @@
 Two shapes of work, on mnist1d (its default model) with ``--clients`` clients:
 
 - ``global``: one model for every client (FedAvg): one pass over all local test samples;
-- ``local``: one model per client (local training): one small forward per client.
+- ``local``: one model per client (local training): one small forward per client;
+- ``ifca``: 4 cluster models; the time includes IFCA's assignment pass (every client's
+  loss under every model on its training data, pooled), which decides who uses which.
 
 Usage::
 
@@ -25,6 +27,7 @@ import torch
 
 from fldistill.data.federation import build_federation
 from fldistill.engine.evaluation import PersonalEval, personal_eval, personal_eval_reference
+from fldistill.engine.selection import pooled_model_losses
 from fldistill.engine.training import get_state
 from fldistill.models import build_model, default_model_for
 
@@ -57,6 +60,14 @@ def main() -> None:
         locals_ = [{k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(n)]
         shapes = {"global": ([base], np.zeros(n, np.int64)), "local": (locals_, np.arange(n, dtype=np.int64))}
         samples = sum(len(ix) for ix in fed.client_test)
+        clusters = locals_[:4]
+
+        def ifca_eval(mdl: torch.nn.Module, sts: list, _: np.ndarray, f: Any, b: int) -> PersonalEval:
+            who = pooled_model_losses(mdl, sts, f.x, f.y, f.client_train, b).argmin(1).numpy()
+            return personal_eval(mdl, sts, who, f, b)
+
+        t_ifca, _ = _best(ifca_eval, args.repeat, model, clusters, np.zeros(n, np.int64), fed, 4096)
+        print(f"N={n:5d} ifca   models=    4  assignment pass + personal_eval {t_ifca:7.3f} s")
         for shape, (states, assign) in shapes.items():
             t_fast, fast = _best(personal_eval, args.repeat, model, states, assign, fed, 4096)
             t_ref, ref = _best(personal_eval_reference, 1, model, states, assign, fed, 4096)
