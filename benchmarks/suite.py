@@ -96,8 +96,10 @@ SUITES: dict[str, dict[str, list[tuple[str, str, list[str]]]]] = {
             ("cflhkd-k8", "cflhkd", ["params.k=8"]),
             ("cflhkd-k2", "cflhkd", ["params.k=2"]),
         ]
-        for p in ("dirichlet:0.1", "iid|4:labelswap")
+        for p in ("iid|4:labelswap",)
     },
+    # issue 14: edges restarting every cloud round from the global model (edge_init=global)
+    "cflhkd-init": {p: [("cflhkd-global", "cflhkd", ["params.edge_init=global"])] for p in ("dirichlet:0.1", "iid|4:labelswap")},
 }
 
 
@@ -234,7 +236,7 @@ def main() -> None:
         dirs = [str(sd / n) for n in names if (sd / n / "summary.json").exists()]
         if dirs:
             subprocess.run([sys.executable, "-m", "fldistill.cli", "compare", *dirs, "--out", str(sd / "compare")])
-    if a.seeds or a.suite in ("clustered", "cflhkd", "cflhkd-sweep"):
+    if a.seeds or a.suite in ("clustered", "cflhkd", "cflhkd-sweep", "cflhkd-init"):
         print(write_seeded_table(out).read_text())
     else:
         print(write_table(out).read_text())

@@ -63,3 +63,17 @@ def test_planted_groups_are_recovered(tmp_path: Path, make_cfg) -> None:
     assert s["final_personalized_accuracy"] > s["final_accuracy"] + 0.2
     doc = json.loads((tmp_path / "r" / "clustering.json").read_text())
     assert doc["clusters"] == 4 and doc["by_round"][0]["round"] == 3  # clustered before the first cloud round
+
+
+def test_edges_restarting_from_the_global_model_is_hierarchical_fedavg(tmp_path: Path, make_cfg) -> None:
+    """edge_init=global, one edge round, no KD: the cloud model is FedAvg over all clients,
+    up to the rounding of averaging in two levels (edges by samples, cloud by cluster sizes)."""
+    cfg = dict(clients=8, rounds=3)
+    Runner(make_cfg(**cfg), tmp_path / "fedavg", quiet=True).run()
+    hp = {"k": 2, "edge_rounds": 1, "lam": 0.0, "warmup_rounds": 0, "edge_init": "global"}
+    Runner(make_cfg(method="cflhkd", params=hp, **cfg), tmp_path / "h", quiet=True).run()
+    for a, b in zip(_science(tmp_path / "fedavg")[1:], _science(tmp_path / "h")[1:]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and abs(a["accuracy"] - b["accuracy"]) <= 0.01
+    hp["edge_init"] = "keep"  # edges that keep their own models drift apart: not FedAvg any more
+    Runner(make_cfg(method="cflhkd", params=hp, **cfg), tmp_path / "k", quiet=True).run()
+    assert _science(tmp_path / "k")[-1]["loss"] != pytest.approx(_science(tmp_path / "fedavg")[-1]["loss"], rel=1e-4)

@@ -39,6 +39,12 @@ Deviations from the spec's counts: the spec prices ``k(k+1)`` models cloud->edge
 cloud round; an edge already holds its own model, so here each edge receives ``w_g`` plus
 the ``k - 1`` other models (``k^2`` in all; ``k`` without distillation).
 
+``edge_init="keep"`` (default) lets each edge continue from its own cluster model, so the
+cluster models are personal across cloud rounds and the global model is their average;
+``"global"`` restarts every edge from ``w_g`` each cloud round (as hierarchical FedAvg), so
+the cluster models are ``R_e`` edge rounds of cluster training on top of the global model
+(the teachers are then the cluster models of the previous cloud round).
+
 ``lam_warmup`` ramps ``lam`` linearly over the first cloud rounds (an immature teacher
 hurts early rounds); 0 applies it at once.
 """
@@ -75,6 +81,9 @@ class CFLHKDParams(BaseModel):
     lam_warmup: int = Field(0, ge=0, description="ramp lam linearly over this many cloud rounds (0: at once)")
     beta_global: float = Field(0.5, ge=0, le=1, description="teacher weight of the global model [INFERRED]")
     beta_rest: Literal["size", "uniform"] = Field("size", description="how the other clusters share 1 - beta_global")
+    edge_init: Literal["keep", "global"] = Field(
+        "keep", description="an edge's model at a cloud round's start: its own (keep) or the global model [INFERRED]"
+    )
     variant: Literal["a", "b"] = Field("a", description="b: also distil w_g on the cloud from the edge models (public set)")
     distill_steps: int = Field(100, ge=1, description="variant b: Adam steps of the cloud distillation")
     distill_batch: int = Field(128, ge=1, description="variant b: batch of the cloud distillation")
@@ -134,7 +143,10 @@ class CFLHKD(FedAvg):
         if p.k > 1 and (not self.clusters or (p.recluster_every and (c - 1) % p.recluster_every == 0)):
             extra.update(self.recluster(t))
         lam = self.lam_at(c)
-        packs = self.send_to_edges(lam > 0)
+        packs = self.send_to_edges(lam > 0)  # the teachers: the cluster models as the last round left them
+        if p.edge_init == "global" and c > 1:  # edges restart from w_g, which they just received
+            for k in range(len(self.clusters)):
+                self.edges.set(k, self.global_state)
         self._pack_sent = set()
         losses: list[float] = []
         for r in range(p.edge_rounds):
