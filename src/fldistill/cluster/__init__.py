@@ -13,7 +13,7 @@
 The topology plot is :func:`fldistill.report.topology.plot_topology`.
 """
 
-from fldistill.cluster.algorithms import agglomerative, choose_heads, cluster_sampling, kmeans_rows
+from fldistill.cluster.algorithms import agglomerative, choose_heads, cluster_sampling, kmeans_rows, labels_from_clusters
 from fldistill.cluster.io import load_clustering, save_clustering
 from fldistill.cluster.scores import adjusted_rand, label_coverage, purity
 from fldistill.cluster.similarity import cosine_matrix, kl_matrix, kl_matrix_reference
@@ -28,6 +28,7 @@ __all__ = [
     "kl_matrix_reference",
     "kmeans_rows",
     "label_coverage",
+    "labels_from_clusters",
     "load_clustering",
     "purity",
     "save_clustering",

@@ -141,3 +141,22 @@ def choose_heads(hetero: Sequence[Sequence[int]], rng: np.random.Generator) -> l
             raise ConfigError(f"heterogeneous cluster {h} is empty; every cluster needs a head")
         heads.append(int(members[int(rng.integers(len(members)))]))
     return heads
+
+
+def labels_from_clusters(clusters: Sequence[Sequence[int]], n: int) -> np.ndarray:
+    """The cluster index of each of ``n`` clients, from lists of member ids (int64, shape ``(n,)``).
+
+    Raises
+    ------
+    ConfigError
+        If a client is in no cluster or in two.
+    """
+    out = np.full(n, -1, dtype=np.int64)
+    for k, members in enumerate(clusters):
+        m = np.asarray(members, dtype=np.int64)
+        if (out[m] != -1).any():
+            raise ConfigError(f"clients {sorted(m[out[m] != -1].tolist())[:5]} are in two clusters")
+        out[m] = k
+    if (out == -1).any():
+        raise ConfigError(f"clients {np.flatnonzero(out == -1).tolist()[:5]} are in no cluster")
+    return out

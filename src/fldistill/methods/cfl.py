@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from fldistill.cluster import agglomerative, cosine_matrix
+from fldistill.cluster import agglomerative, cosine_matrix, labels_from_clusters
 from fldistill.engine.training import ModelState, weighted_average
 from fldistill.ledger import Payload
 from fldistill.methods import register
@@ -95,10 +95,7 @@ class CFL(FedAvg):
     # -- protocol --------------------------------------------------------------------
     def cluster_of(self) -> np.ndarray:
         """Each client's cluster index."""
-        out = np.zeros(self.fed.n_clients, dtype=np.int64)
-        for k, members in enumerate(self.clusters):
-            out[members] = k
-        return out
+        return labels_from_clusters(self.clusters, self.fed.n_clients)
 
     def requests(self, t: int, clients: list[int], base: Payload) -> dict[int, Payload]:
         free = self.cfg.ledger.init_model_free

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from fldistill.cluster import agglomerative, cosine_matrix, kmeans_rows
+from fldistill.cluster import agglomerative, cosine_matrix, kmeans_rows, labels_from_clusters
 from fldistill.engine.training import ModelState, Net, Objective, frozen_forward, get_state, objective, set_state, weighted_average
 from fldistill.ledger import CLOUD, Kind, Payload, edge
 from fldistill.methods import register
@@ -272,10 +272,8 @@ class CFLHKD(FedAvg):
         return [self.edges.get(k) for k in range(len(self.clusters))], self.assignment_array()
 
     def assignment_array(self) -> np.ndarray:
-        out = np.zeros(self.fed.n_clients, dtype=np.int64)
-        for k, members in enumerate(self.clusters):
-            out[members] = k
-        return out
+        """Each client's cluster (edge) index."""
+        return labels_from_clusters(self.clusters, self.fed.n_clients)
 
     @property
     def cloud_round_done(self) -> int:
