@@ -88,18 +88,21 @@ SUITES: dict[str, dict[str, list[tuple[str, str, list[str]]]]] = {
         ]
         for p in ("dirichlet:0.1", "iid|4:labelswap")
     },
-    # issue 14: CFLHKD's edge rounds per cloud round and number of clusters (defaults: R_e=2, K=4)
+    # issue 14: CFLHKD's edge rounds per cloud round and number of clusters (defaults: R_e=2, K=4),
+    # and edges restarting from the global model every cloud round (run with --rounds 50)
     "cflhkd-sweep": {
-        p: [
+        "iid|4:labelswap": [
             ("cflhkd-re5", "cflhkd", ["params.edge_rounds=5"]),
-            ("cflhkd-re1", "cflhkd", ["params.edge_rounds=1"]),
             ("cflhkd-k8", "cflhkd", ["params.k=8"]),
+            ("cflhkd-a", "cflhkd", []),
+            ("cflhkd-re1", "cflhkd", ["params.edge_rounds=1"]),
             ("cflhkd-k2", "cflhkd", ["params.k=2"]),
-        ]
-        for p in ("iid|4:labelswap",)
+        ],
+        "dirichlet:0.1": [
+            ("cflhkd-global", "cflhkd", ["params.edge_init=global"]),
+            ("cflhkd-a", "cflhkd", []),
+        ],
     },
-    # issue 14: edges restarting every cloud round from the global model (edge_init=global)
-    "cflhkd-init": {p: [("cflhkd-global", "cflhkd", ["params.edge_init=global"])] for p in ("dirichlet:0.1", "iid|4:labelswap")},
 }
 
 
@@ -236,7 +239,7 @@ def main() -> None:
         dirs = [str(sd / n) for n in names if (sd / n / "summary.json").exists()]
         if dirs:
             subprocess.run([sys.executable, "-m", "fldistill.cli", "compare", *dirs, "--out", str(sd / "compare")])
-    if a.seeds or a.suite in ("clustered", "cflhkd", "cflhkd-sweep", "cflhkd-init"):
+    if a.seeds or a.suite in ("clustered", "cflhkd", "cflhkd-sweep"):
         print(write_seeded_table(out).read_text())
     else:
         print(write_table(out).read_text())
