@@ -183,14 +183,15 @@ class Method:
         self.global_state = state
         self.version += 1
 
-    def average(self, replies: dict[int, Payload], prefix: str = "model") -> ModelState:
+    def average(self, replies: dict[int, Payload], prefix: str = "model", *, uniform: bool = False) -> ModelState:
         """FedAvg of the replies' models, weighted by their sample counts ``meta["n"]``.
 
-        An instance method so that methods can change the aggregation (DynaFed averages
-        with equal weights, as its code does).
+        ``uniform`` gives every reply the same weight (DynaFed's code, IFCA's and CFL's
+        official scripts). An instance method so that methods can change the aggregation.
         """
         ids = sorted(replies)
-        return weighted_average([replies[c].get_state(prefix) for c in ids], [replies[c].meta["n"] for c in ids])
+        weights = [1.0] * len(ids) if uniform else [replies[c].meta["n"] for c in ids]
+        return weighted_average([replies[c].get_state(prefix) for c in ids], weights)
 
     @staticmethod
     def mean_meta(replies: dict[int, Payload], key: str) -> float:

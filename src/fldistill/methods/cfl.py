@@ -51,7 +51,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from fldistill.cluster import agglomerative, cosine_matrix, labels_from_clusters
-from fldistill.engine.training import ModelState, weighted_average
+from fldistill.engine.training import ModelState
 from fldistill.ledger import Payload
 from fldistill.methods import register
 from fldistill.methods.base import RunContext
@@ -185,9 +185,7 @@ class CFL(FedAvg):
         return [sorted(h) for h in halves], sep
 
     def _average(self, reps: dict[int, Payload]) -> ModelState:
-        if self.params.weighting == "samples":
-            return self.average(reps)
-        return weighted_average([reps[c].get_state("model") for c in sorted(reps)], [1.0] * len(reps))
+        return self.average(reps, uniform=self.params.weighting == "uniform")
 
     def after_replies(self, t: int, replies: dict[int, Payload]) -> dict[str, Any]:
         return {"n_clusters": len(self.clusters), **getattr(self, "_last_stats", {})}

@@ -60,7 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.func import functional_call
 
 from fldistill.augment import DSA
-from fldistill.engine.training import ModelState, get_state, set_state, weighted_average
+from fldistill.engine.training import ModelState, get_state, set_state
 from fldistill.errors import TrainingDiverged
 from fldistill.ledger import Payload
 from fldistill.methods import register
@@ -157,12 +157,9 @@ class DynaFed(FedAvg):
         self.synthesis_info: dict[str, Any] = {}
 
     # -- aggregation -------------------------------------------------------------------
-    def average(self, replies: dict[int, Payload], prefix: str = "model") -> ModelState:
+    def average(self, replies: dict[int, Payload], prefix: str = "model", *, uniform: bool = False) -> ModelState:
         """Equal-weight mean of the replies (the code) or FedAvg's sample-weighted mean."""
-        if not self.p.unweighted:
-            return super().average(replies, prefix)
-        ids = sorted(replies)
-        return weighted_average([replies[c].get_state(prefix) for c in ids], [1.0] * len(ids))
+        return super().average(replies, prefix, uniform=uniform or self.p.unweighted)
 
     # -- the round ---------------------------------------------------------------------
     def round(self, t: int) -> dict[str, Any]:

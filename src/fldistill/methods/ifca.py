@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fldistill.engine.comm import ClientContext, InProcessComm, Unsupported, batched_task, task, train_task
 from fldistill.engine.selection import model_losses, pooled_model_losses
-from fldistill.engine.training import ModelState, fresh_state, weighted_average
+from fldistill.engine.training import ModelState, fresh_state
 from fldistill.ledger import Kind, Payload
 from fldistill.methods import register
 from fldistill.methods.base import RunContext
@@ -185,11 +185,7 @@ class IFCA(FedAvg):
         for c in sorted(replies):
             members.setdefault(int(replies[c].meta["cluster"]), {})[c] = replies[c]
         for k, reps in members.items():  # a cluster without members keeps its model
-            if self.params.weighting == "samples":
-                new = self.average(reps)
-            else:
-                new = weighted_average([reps[c].get_state("model") for c in sorted(reps)], [1.0] * len(reps))
-            self.models.set(k, new)
+            self.models.set(k, self.average(reps, uniform=self.params.weighting == "uniform"))
 
     def after_replies(self, t: int, replies: dict[int, Payload]) -> dict[str, Any]:
         used = {int(r.meta["cluster"]) for r in replies.values()}
