@@ -16,3 +16,9 @@ def _as_labels(homog: np.ndarray | Sequence[int]) -> np.ndarray:
     if not np.issubdtype(labels.dtype, np.integer):
         raise ConfigError(f"homogeneous labels must be integers, got dtype {labels.dtype}")
     return labels.astype(np.int64)
+
+
+def _check_heads(hetero: Sequence[Sequence[int]], heads: Sequence[int]) -> None:
+    """One head per heterogeneous cluster (clustering files and the topology plot)."""
+    if len(heads) != len(hetero):
+        raise ConfigError(f"{len(hetero)} heterogeneous clusters but {len(heads)} heads")

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fldistill.cluster._labels import _as_labels
-from fldistill.errors import ConfigError, DataError
+from fldistill.cluster._labels import _as_labels, _check_heads
+from fldistill.errors import DataError
 
 _FORMAT = "fldistill.clustering/1"
 
@@ -73,8 +73,7 @@ def save_clustering(
         ``path``.
     """
     labels = _as_labels(homog)
-    if len(heads) != len(hetero):
-        raise ConfigError(f"{len(hetero)} heterogeneous clusters but {len(heads)} heads")
+    _check_heads(hetero, heads)
     doc = {
         "format": _FORMAT,
         "k": int(k) if k is not None else int(np.unique(labels).size),

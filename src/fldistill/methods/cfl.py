@@ -119,8 +119,9 @@ class CFL(FedAvg):
                 new_clusters.append(members)
                 continue
             ref = self.models.get(k)
-            dws = torch.stack([self.updates.layout.flatten(replies[c].get_state("model"), torch.float32)
-                               - self.updates.layout.flatten(ref, torch.float32) for c in came])
+            flat = self.updates.layout.flatten
+            ref_flat = flat(ref, torch.float32)  # once per cluster, not per client
+            dws = torch.stack([flat(replies[c].get_state("model"), torch.float32) - ref_flat for c in came])
             for c, dw in zip(came, dws):
                 self.updates.set(c, self.updates.layout.unflatten(dw, torch.float32))
             norms = dws.double().norm(dim=1)
@@ -178,7 +179,7 @@ class CFL(FedAvg):
             big = int(len(halves[1]) > len(halves[0]))
             for c in absent:
                 if self.updates.has(c):
-                    u = self.updates.layout.flatten(self.updates.get(c), torch.float32).double()
+                    u = self.updates.matrix(torch.float32)[c].double()  # the row as stored: no unflatten/flatten
                     halves[int((means @ u).argmax())].append(c)
                 else:
                     halves[big].append(c)

@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from fldistill.cluster._labels import _as_labels
-from fldistill.errors import ConfigError
+from fldistill.cluster._labels import _as_labels, _check_heads
 
 
 def _colours(k: int) -> list[tuple[float, float, float, float]]:
@@ -61,8 +60,7 @@ def plot_topology(
     from matplotlib.lines import Line2D
 
     labels = _as_labels(homog)
-    if len(heads) != len(hetero):
-        raise ConfigError(f"{len(hetero)} heterogeneous clusters but {len(heads)} heads")
+    _check_heads(hetero, heads)
     uniq = [int(u) for u in np.unique(labels)]
     colour_of = dict(zip(uniq, _colours(len(uniq))))
     n_het = max(1, len(hetero))
