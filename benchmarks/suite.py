@@ -11,6 +11,7 @@ Usage::
     python benchmarks/suite.py --suite kdia --rounds 200 --out benchmarks/results/mnist1d-kdia
     python benchmarks/suite.py --suite clustered --out benchmarks/results/mnist1d-clustered
     python benchmarks/suite.py --suite cflhkd --seeds 0,1,2 --out benchmarks/results/mnist1d-cflhkd
+    python benchmarks/suite.py --suite disue --rounds 200 --seeds 0,1,2 --out benchmarks/results/mnist1d-disue
 
 A setting is a partition, optionally with ground-truth groups after a ``|``
 (``iid|4:labelswap``). With ``--seeds`` every run is repeated per seed (``<label>-s<seed>``)
@@ -31,6 +32,12 @@ from pathlib import Path
 
 _KDIA_LOCAL = ["participation=0.1", "local.lr=0.01", "local.amount=10", "local.batch_size=64", "local.weight_decay=1e-5"]
 # label -> (method, extra --set overrides)
+# issue 15: one local setting for every method of the DisUE comparison (KDIA's, plus the unit
+# and momentum spelled out: FedGen's own defaults are its code's 20 plain-SGD steps)
+_DISUE_LOCAL = [*_KDIA_LOCAL, "local.unit=epochs", "local.momentum=0.9"]
+# CPU preset: one generator step on the sum over teachers per iteration (params.update=joint,
+# 3.3x faster than the code's one step per teacher on mnist1d; both measured in docs/results.md)
+_DISUE_GEN = ["params.update=joint"]
 _ALL = ["centralized", "fedavg", "fedprox", "fedseq", "dynafed", "scaffold", "moon", "hfldd"]
 SUITES: dict[str, dict[str, list[tuple[str, str, list[str]]]]] = {
     # issues 2 and 3: the foundation's baselines and HFLDD on mnist1d, N=100, T=100
@@ -87,6 +94,23 @@ SUITES: dict[str, dict[str, list[tuple[str, str, list[str]]]]] = {
             ("fedprox", "fedprox", []),
         ]
         for p in ("dirichlet:0.1", "iid|4:labelswap")
+    },
+    # issue 15: reconstructed DisUE, its ablations, the generator-based and clustered baselines;
+    # N=100, 10% participation, any-alpha Dirichlet, T=200 (run with --rounds 200 --seeds 0,1,2)
+    "disue": {
+        p: [
+            ("disue", "disue", [*_DISUE_LOCAL, *_DISUE_GEN]),
+            ("disue-nogls", "disue", [*_DISUE_LOCAL, *_DISUE_GEN, "params.gls=uniform"]),
+            ("disue-nogwf", "disue", [*_DISUE_LOCAL, *_DISUE_GEN, "params.gwf=uniform"]),
+            ("fedgen", "fedgen", _DISUE_LOCAL),
+            ("fedftg", "fedftg", [*_DISUE_LOCAL, *_DISUE_GEN]),
+            ("cflhkd", "cflhkd", _DISUE_LOCAL),
+            ("ifca", "ifca", _DISUE_LOCAL),
+            ("cfl", "cfl", _DISUE_LOCAL),
+            ("fedprox", "fedprox", _DISUE_LOCAL),
+            ("fedavg", "fedavg", _DISUE_LOCAL),
+        ]
+        for p in ("dirichlet-client:0.01", "dirichlet-client:0.1", "dirichlet-client:0.5")
     },
     # issue 14: CFLHKD's edge rounds per cloud round and number of clusters (defaults: R_e=2, K=4),
     # and edges restarting from the global model every cloud round (run with --rounds 50)
@@ -184,14 +208,19 @@ def write_seeded_table(out: Path) -> Path:
     from fldistill.report.compare import format_bits
 
     cols = ["setting", "method", "seeds", "global acc (last 5)", "personalised acc", "personalised worst 10%",
-            "group acc", "purity", "ARI", "total sent", "s/round"]
+            "group acc", "purity", "ARI", "total sent", "MB/round", "s/round", "server s/round", "rounds to 0.9 x FedAvg"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for sdir in sorted(p for p in out.iterdir() if p.is_dir()):
         groups: dict[str, list[dict]] = {}
         for d in sorted(sdir.iterdir()):
             if (d / "summary.json").exists():
                 groups.setdefault(re.sub(r"-s\d+$", "", d.name), []).append(json.loads((d / "summary.json").read_text()))
+        curves = {label: [_accuracy_curve(sdir / f"{label}-s{x['seed']}") for x in ss] for label, ss in groups.items()}
+        ref = groups.get("fedavg")
+        target = 0.9 * sum(x["final_accuracy_mean5"] for x in ref) / len(ref) if ref else None
         for label, ss in groups.items():
+            server = [_server_seconds(sdir / f"{label}-s{x['seed']}") for x in ss]
+            reach = [_rounds_to(c, target) for c in curves[label]] if target is not None else []
             row = [sdir.name, label, str(len(ss)),
                    _mean_std([x["final_accuracy_mean5"] for x in ss]),
                    _mean_std([x.get("final_personalized_accuracy") for x in ss]),
@@ -200,11 +229,41 @@ def write_seeded_table(out: Path) -> Path:
                    _mean_std([x.get("final_purity") for x in ss]),
                    _mean_std([x.get("final_ari") for x in ss]),
                    format_bits(int(sum(x["total_bits"] for x in ss) / len(ss))),
-                   _mean_std([x.get("seconds_per_round") for x in ss])]
+                   f"{sum(x['total_bits'] for x in ss) / len(ss) / 8e6 / max(1, ss[0].get('rounds', 1)):.3f}",
+                   _mean_std([x.get("seconds_per_round") for x in ss]),
+                   _mean_std(server) if any(v is not None for v in server) else "-",
+                   (_reach(reach) if reach else "-")]
             lines.append("| " + " | ".join(row) + " |")
     path = out / "clustered_table.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").exists() else []
+
+
+def _accuracy_curve(run: Path) -> list[float]:
+    return [r["accuracy"] for r in _records(run) if r["round"] >= 1]
+
+
+def _server_seconds(run: Path) -> float | None:
+    """Mean per round of the server-side distillation / generator seconds, if the method logs them."""
+    vals = [r.get("distill_s", r.get("generator_s")) for r in _records(run) if r["round"] >= 1]
+    vals = [v for v in vals if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _rounds_to(curve: list[float], target: float) -> int | None:
+    return next((i + 1 for i, a in enumerate(curve) if a >= target), None)
+
+
+def _reach(values: list[int | None]) -> str:
+    got = [v for v in values if v is not None]
+    miss = len(values) - len(got)
+    if not got:
+        return "not reached"
+    return _mean_std([float(v) for v in got]).replace(".0000", "") + (f" ({miss} not reached)" if miss else "")
 
 
 def main() -> None:

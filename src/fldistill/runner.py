@@ -366,7 +366,7 @@ class Runner:
         self.out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         with self._bars():
-            method = self.build()
+            method = self.method = self.build()  # kept for inspection after the run (tests, notebooks)
             metrics_path = self.out / "metrics.jsonl"
             if self.resume:
                 meta = self.load_checkpoint(method)

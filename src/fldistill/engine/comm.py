@@ -404,7 +404,8 @@ def train_task(ctx: ClientContext, req: Payload) -> Payload:
     ``objective_args`` (default plain cross-entropy), ``local`` (overrides of the
     local-training config), ``use_inbox`` (also train on data received from other
     clients: tensors ``x`` and ``y`` of inbox payloads), ``init_from_inbox`` (start from
-    the model in the newest inbox message instead of the request's, consuming it).
+    the model in the newest inbox message instead of the request's, consuming it),
+    ``histogram`` (also upload the client's label counts, tensor ``hist``, ``C`` floats).
     Other request tensors are handed to the objective (teacher models, control variates).
 
     Reply: the trained model (prefix ``model``), metadata ``n``, ``loss``, ``steps``.
@@ -425,4 +426,12 @@ def train_task(ctx: ClientContext, req: Payload) -> Payload:
     local = local_config_from(req.meta, ctx.local)
     obj, gen = train_streams(ctx, req, state)
     new, stats = local_train(ctx.model, state, x, y, local, obj, gen, where=f"client {ctx.cid}")
-    return Payload(meta={**stats}).put_state("model", new, Kind.PARAM)
+    reply = Payload(meta={**stats}).put_state("model", new, Kind.PARAM)
+    if req.meta.get("histogram"):
+        reply.put("hist", label_histogram(ctx.data("train")[1], ctx.fed.n_classes), Kind.FLOAT)
+    return reply
+
+
+def label_histogram(y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """A client's label counts ``(C,)`` as float32 (what FedFTG, FedGen and DisUE upload)."""
+    return torch.bincount(y.reshape(-1).to(torch.int64).cpu(), minlength=n_classes).to(torch.float32)

@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, vmap
 
 from fldistill.config import LocalConfig
-from fldistill.engine.comm import InProcessComm, Unsupported, batched_task, local_config_from, train_streams
+from fldistill.engine.comm import InProcessComm, Unsupported, batched_task, label_histogram, local_config_from, train_streams
 from fldistill.engine.fastchain import SplitPlan, ce_grad, run_chain, split_plan
 from fldistill.engine.training import Inputs, ModelState, Objective, batch_schedule, make_objective
 from fldistill.errors import TrainingDiverged
@@ -551,6 +551,8 @@ def train_batched(comm: InProcessComm, requests: Mapping[int, Payload]) -> dict[
             res = train_many(comm.model, x, y, batch, local, where=f"clients {batch[0].cid}..{batch[-1].cid}")
             for j, (new, stats) in zip(batch, res):
                 out[j.cid] = Payload(meta={**stats}).put_state("model", new, Kind.PARAM)
+                if requests[j.cid].meta.get("histogram"):
+                    out[j.cid].put("hist", label_histogram(fed.client_data(j.cid, "train")[1], fed.n_classes), Kind.FLOAT)
     return out
 
 

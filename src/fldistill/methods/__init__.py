@@ -38,7 +38,7 @@ def _load_builtin() -> None:
 
     builtin = (
         *("centralized", "fedavg", "fedprox", "hfldd", "fedseq", "scaffold", "moon", "dynafed", "kdia"),
-        *("local", "ifca", "cfl", "cflhkd"),
+        *("local", "ifca", "cfl", "cflhkd", "fedftg", "fedgen", "disue"),
     )
     for mod in builtin:
         try:

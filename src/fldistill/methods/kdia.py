@@ -47,8 +47,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
-from torch.func import functional_call
 
+from fldistill.distill.datafree import GeneratorLoss, LoopConfig, Teachers, datafree_loop
 from fldistill.engine.training import ModelState, Net, Objective, frozen_forward, objective
 from fldistill.ledger import Payload
 from fldistill.methods import register
@@ -239,52 +239,48 @@ class KDIA(FedAvg):
         return {"participants": len(ids), "teacher_clients": int((w > 0).sum()), **gen_stats}
 
     def train_generator(self, t: int, states: list[ModelState], p: np.ndarray) -> dict[str, float]:
-        """Fit the generator to the participants' frozen heads (logit average with weights ``p``)."""
+        """Fit the generator to the participants' frozen heads (logit average with weights ``p``).
+
+        The shared data-free block (:func:`~fldistill.distill.datafree.datafree_loop`) with
+        KDIA's loss: CE of the ``p``-weighted logit ensemble plus the mode-seeking
+        diversity term, one joint step per iteration, no student; labels from a pool of
+        ``gen_iters * gen_batch`` uniform labels reshuffled every epoch, as in the code.
+        """
         prm = self.params
         if prm.gen_epochs == 0:
             return {}
         head = self.ctx.model.get_submodule("classifier")
         dev = self.fed.x.device
-        heads = {k: torch.stack([s["classifier." + k] for s in states]) for k in dict(head.named_parameters()) | dict(head.named_buffers())}
-        weights = torch.as_tensor(p, dtype=torch.float32, device=dev)
-
-        def ensemble(h: torch.Tensor) -> torch.Tensor:
-            logits = torch.vmap(lambda st: functional_call(head, st, (h,)))(heads)  # (K, B, C)
-            return torch.einsum("k,kbc->bc", weights, logits)
-
+        names = list(dict(head.named_parameters()) | dict(head.named_buffers()))
+        teachers = Teachers(head, [{k: s["classifier." + k] for k in names} for s in states])
         g = torch_gen(self.cfg.seed, "kdia", "generator", t, device=dev)
         gen = self.generator
         gen.load_state_dict(self.generators.get(0))  # the bank is the truth (a resumed run)
-        gen.train()
-        was = head.training
-        head.eval()
-        opt = torch.optim.Adam(gen.parameters(), lr=prm.gen_lr, weight_decay=prm.gen_weight_decay)
-        b, half = prm.gen_batch, prm.gen_batch // 2
-        pool = torch.randint(0, self.fed.n_classes, (prm.gen_iters * b,), generator=g, device=dev)
-        bar = self.ctx.progress(f"round {t}: generator", prm.gen_epochs)
-        ce_sum = d_sum = 0.0
-        try:
-            for _ in range(prm.gen_epochs):
+        b, iters = prm.gen_batch, prm.gen_iters
+        pool = torch.randint(0, self.fed.n_classes, (iters * b,), generator=g, device=dev)
+
+        def sampler(it: int) -> tuple[torch.Tensor, torch.Tensor]:
+            nonlocal pool
+            if it % iters == 0:  # a new epoch: reshuffle the pool
                 pool = pool[torch.randperm(len(pool), generator=g, device=dev)]
-                ce_sum = d_sum = 0.0
-                for it in range(prm.gen_iters):
-                    y = pool[it * b : (it + 1) * b]
-                    z = torch.randn(b, prm.noise_dim, generator=g, device=dev)
-                    xh = gen(z, y)
-                    ce = F.cross_entropy(ensemble(xh), y)
-                    d = (xh[:half] - xh[half : 2 * half]).abs().mean() / (z[:half] - z[half : 2 * half]).abs().mean()
-                    loss = ce + 1.0 / (d + 1e-5)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    ce_sum += float(ce.detach())
-                    d_sum += float(d.detach())
-                bar(1)
-        finally:
-            head.train(was)
+            y = pool[(it % iters) * b : (it % iters + 1) * b]
+            return torch.randn(b, prm.noise_dim, generator=g, device=dev), y
+
+        cfg = LoopConfig(
+            iterations=prm.gen_epochs * iters,
+            update="joint",
+            gen_lr=prm.gen_lr,
+            gen_weight_decay=prm.gen_weight_decay,
+            student_steps=0,
+            metrics_tail=iters,
+        )
+        spec = GeneratorLoss(fidelity="ensemble", diversity="ratio")
+        weights = torch.as_tensor(p, dtype=torch.float32, device=dev)
+        bar = self.ctx.progress(f"round {t}: generator", cfg.iterations)
+        out = datafree_loop(gen, teachers, weights, sampler, spec, cfg, progress=bar)
         self.generators.set(0, gen.state_dict())
         # Metrics of the last epoch: the head-ensemble CE and the diversity ratio d.
-        return {"gen_ce": ce_sum / prm.gen_iters, "gen_d": d_sum / prm.gen_iters}
+        return {"gen_ce": out["gen_fidelity"], "gen_d": out["gen_d"], "generator_s": out["distill_s"]}
 
     def eval_states(self) -> dict[str, ModelState]:
         p = self.params
