@@ -259,11 +259,15 @@ def _rounds_to(curve: list[float], target: float) -> int | None:
 
 
 def _reach(values: list[int | None]) -> str:
+    import numpy as np
+
     got = [v for v in values if v is not None]
     miss = len(values) - len(got)
     if not got:
         return "not reached"
-    return _mean_std([float(v) for v in got]).replace(".0000", "") + (f" ({miss} not reached)" if miss else "")
+    v = np.array(got, dtype=np.float64)
+    text = f"{v.mean():.0f}" if v.size == 1 else f"{v.mean():.0f} ± {v.std(ddof=1):.0f}"
+    return text + (f" ({miss} not reached)" if miss else "")
 
 
 def main() -> None:

@@ -64,6 +64,19 @@ def test_simulation_runtime_matches_inprocess(tmp_path: Path, make_cfg) -> None:
     assert set(s["flower"]["nodes"]) == {"0", "1", "2", "3"}
 
 
+def test_disue_on_the_simulation_runtime_matches_inprocess(tmp_path: Path, make_cfg) -> None:
+    """DisUE's client task (training, label counts, the encrypted update) runs on Flower nodes unchanged."""
+    from fldistill.flower.sim import run_flower_simulation
+
+    params = {"iterations": 2, "batch": 16, "student_steps": 2, "noise_dim": 8, "gen_width": 8, "groups": 2}
+    cfg = _fedavg(make_cfg, method="disue", params=params)
+    Runner(cfg, tmp_path / "ref", quiet=True).run()
+    run_flower_simulation(cfg, tmp_path / "sim")
+    _assert_same_run(tmp_path / "ref", tmp_path / "sim")
+    a, b = (json.loads((tmp_path / d / "clustering.json").read_text()) for d in ("ref", "sim"))
+    assert a["assignment"] == b["assignment"]
+
+
 @pytest.fixture(scope="module")
 def secure_deployment(tmp_path_factory):
     """SuperLink + 4 SuperNodes with TLS and node authentication (keys from scripts/flower_certs.sh)."""

@@ -8,6 +8,8 @@ whether the run was resumed, run sequentially or vectorised.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +29,20 @@ def seed_for(seed: int, *keys: int | str) -> int:
 def np_rng(seed: int, *keys: int | str) -> np.random.Generator:
     """A NumPy generator for the stream ``keys`` of run ``seed``."""
     return np.random.default_rng(seed_for(seed, *keys))
+
+
+T = TypeVar("T")
+
+
+def seeded_build(seed: int, build: Callable[[], T]) -> T:
+    """``build()`` with torch's global generator seeded by ``seed`` for the call only.
+
+    For server-side modules whose initial weights must follow from the run seed (the
+    generators of KDIA, FedGen, FedFTG and DisUE) without touching the global stream.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return build()
 
 
 def torch_gen(seed: int, *keys: int | str, device: str | torch.device = "cpu") -> torch.Generator:

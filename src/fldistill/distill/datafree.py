@@ -275,14 +275,14 @@ def proportional_labels(counts: np.ndarray, batch: int, gen: torch.Generator) ->
         raise ValueError("proportional_labels: every class count is 0")
     cuts = (np.cumsum(p / p.sum()) * batch).astype(int)[:-1]
     labels = np.concatenate([np.full(n, c) for c, n in enumerate(np.diff(np.concatenate([[0], cuts, [batch]])))])
-    y = torch.as_tensor(labels, dtype=torch.int64)
-    return y[torch.randperm(batch, generator=gen)]
+    y = torch.as_tensor(labels, dtype=torch.int64, device=gen.device)
+    return y[torch.randperm(batch, generator=gen, device=gen.device)]
 
 
 def uniform_labels(classes: Sequence[int], batch: int, gen: torch.Generator) -> Tensor:
     """``batch`` labels drawn uniformly (i.i.d.) from ``classes``."""
-    pool = torch.as_tensor(list(classes), dtype=torch.int64)
-    return pool[torch.randint(0, len(pool), (batch,), generator=gen)]
+    pool = torch.as_tensor(list(classes), dtype=torch.int64, device=gen.device)
+    return pool[torch.randint(0, len(pool), (batch,), generator=gen, device=gen.device)]
 
 
 def group_balanced_labels(group_counts: np.ndarray, batch: int, gen: torch.Generator) -> Tensor:
@@ -290,11 +290,11 @@ def group_balanced_labels(group_counts: np.ndarray, batch: int, gen: torch.Gener
 
     ``group_counts`` is ``(M, C)``.
     """
-    counts = torch.as_tensor(np.asarray(group_counts, dtype=np.float64))
+    counts = torch.as_tensor(np.asarray(group_counts, dtype=np.float64), device=gen.device)
     live = counts[counts.sum(1) > 0]
     if len(live) == 0:
         raise ValueError("group_balanced_labels: every group count is 0")
-    g = torch.randint(0, len(live), (batch,), generator=gen)
+    g = torch.randint(0, len(live), (batch,), generator=gen, device=gen.device)
     return torch.multinomial(live[g], 1, generator=gen).squeeze(1)
 
 
@@ -378,7 +378,7 @@ def server_distill(
             y = group_balanced_labels(counts, batch, gen)
         else:
             y = uniform_labels(held, batch, gen)
-        return torch.randn(batch, noise_dim, generator=gen).to(dev), y.to(dev)
+        return torch.randn(batch, noise_dim, generator=gen, device=gen.device).to(dev), y.to(dev)
 
     student_module = copy.deepcopy(module)
     set_state(student_module, student_state)

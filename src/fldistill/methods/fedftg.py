@@ -33,7 +33,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from fldistill.distill.datafree import GeneratorLoss, LabelMode, LoopConfig, WeightMode, server_distill
@@ -43,7 +42,7 @@ from fldistill.methods import register
 from fldistill.methods.base import RunContext
 from fldistill.methods.fedavg import FedAvg
 from fldistill.models.generator import InputGenerator
-from fldistill.seeding import seed_for, torch_gen
+from fldistill.seeding import seed_for, seeded_build, torch_gen
 
 
 class DistillParams(BaseModel):
@@ -82,10 +81,10 @@ class FedFTG(FedAvg):
     def __init__(self, ctx: RunContext, params: BaseModel) -> None:
         super().__init__(ctx, params)
         p = self.params
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed_for(self.cfg.seed, self.name, "generator-init"))
-            shape = tuple(int(s) for s in ctx.model.input_shape)  # type: ignore[union-attr]
-            self.generator = InputGenerator(shape, self.fed.n_classes, p.noise_dim, p.gen_width).to(self.fed.x.device)
+        shape = tuple(int(s) for s in ctx.model.input_shape)  # type: ignore[union-attr]
+        seed = seed_for(self.cfg.seed, self.name, "generator-init")
+        gen = seeded_build(seed, lambda: InputGenerator(shape, self.fed.n_classes, p.noise_dim, p.gen_width))
+        self.generator = gen.to(self.fed.x.device)
         self.generators = self.new_bank("generator", self.generator.state_dict(), rows=1, fill="template")
         self.averaged: ModelState | None = None  # this round's w̄, before the fine-tuning
 

@@ -55,7 +55,7 @@ from fldistill.methods import register
 from fldistill.methods.base import RunContext
 from fldistill.methods.fedavg import FedAvg
 from fldistill.models.generator import FeatureGenerator
-from fldistill.seeding import seed_for, torch_gen
+from fldistill.seeding import seed_for, seeded_build, torch_gen
 
 
 class KDIAParams(BaseModel):
@@ -167,9 +167,8 @@ class KDIA(FedAvg):
         super().__init__(ctx, params)
         p = self.params
         self.gen_args = {"noise_dim": p.noise_dim, "gen_hidden": p.gen_hidden}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed_for(self.cfg.seed, "kdia", "generator-init"))
-            self.generator = build_generator(ctx.model, self.gen_args).to(self.fed.x.device)
+        seed = seed_for(self.cfg.seed, "kdia", "generator-init")
+        self.generator = seeded_build(seed, lambda: build_generator(ctx.model, self.gen_args)).to(self.fed.x.device)
         # Server models, one row each; version 0 = derivable from the seed (free to send).
         self.teachers = self.new_bank("teacher", ctx.init_state, rows=1, fill="template")
         self.generators = self.new_bank("generator", self.generator.state_dict(), rows=1, fill="template")

@@ -28,6 +28,19 @@ from torch import nn
 KDIA_FEATURE_SHAPE = (16, 5, 5)
 
 
+def mlp_body(d_in: int, hidden: int, d_out: int) -> list[nn.Module]:
+    """``d_in -> hidden -> hidden -> d_out``: bias-free hidden layers with BatchNorm and LeakyReLU(0.2)."""
+    return [
+        nn.Linear(d_in, hidden, bias=False),
+        nn.BatchNorm1d(hidden),
+        nn.LeakyReLU(0.2),
+        nn.Linear(hidden, hidden, bias=False),
+        nn.BatchNorm1d(hidden),
+        nn.LeakyReLU(0.2),
+        nn.Linear(hidden, d_out),
+    ]
+
+
 class FeatureGenerator(nn.Module):
     """Conditional generator of classifier-input features.
 
@@ -58,17 +71,7 @@ class FeatureGenerator(nn.Module):
                 *up(d_in, 512), *up(512, 256), *up(256, 128), nn.ConvTranspose2d(128, 16, 2, 1, bias=False), nn.Sigmoid()
             )
         else:
-            d_out = math.prod(self.feature_shape)
-            self.body = nn.Sequential(
-                nn.Linear(d_in, hidden, bias=False),
-                nn.BatchNorm1d(hidden),
-                nn.LeakyReLU(0.2),
-                nn.Linear(hidden, hidden, bias=False),
-                nn.BatchNorm1d(hidden),
-                nn.LeakyReLU(0.2),
-                nn.Linear(hidden, d_out),
-                nn.Sigmoid(),
-            )
+            self.body = nn.Sequential(*mlp_body(d_in, hidden, math.prod(self.feature_shape)), nn.Sigmoid())
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Features ``(B, *feature_shape)`` for noise ``z`` ``(B, noise_dim)`` and labels ``y`` ``(B,)``."""
@@ -130,16 +133,8 @@ class InputGenerator(nn.Module):
         else:
             self.body_kind = "mlp"
         if self.body_kind == "mlp":
-            hidden, d_out = 4 * width, math.prod(shape)
-            self.fc = nn.Sequential(
-                nn.Linear(d_in, hidden, bias=False),
-                nn.BatchNorm1d(hidden),
-                nn.LeakyReLU(0.2),
-                nn.Linear(hidden, hidden, bias=False),
-                nn.BatchNorm1d(hidden),
-                nn.LeakyReLU(0.2),
-                nn.Linear(hidden, d_out),
-            )
+            d_out = math.prod(shape)
+            self.fc = nn.Sequential(*mlp_body(d_in, 4 * width, d_out))
             self.body: nn.Module = nn.Sequential(nn.Tanh(), nn.BatchNorm1d(d_out, affine=False))
         else:
             self.fc = nn.Linear(d_in, math.prod(self.init_shape))
