@@ -12,6 +12,7 @@ Usage::
     python benchmarks/suite.py --suite clustered --out benchmarks/results/mnist1d-clustered
     python benchmarks/suite.py --suite cflhkd --seeds 0,1,2 --out benchmarks/results/mnist1d-cflhkd
     python benchmarks/suite.py --suite disue --rounds 200 --seeds 0,1,2 --out benchmarks/results/mnist1d-disue
+    python benchmarks/suite.py --suite disue-sequential --rounds 200 --seeds 0 --out benchmarks/results/mnist1d-disue-sequential
 
 A setting is a partition, optionally with ground-truth groups after a ``|``
 (``iid|4:labelswap``). With ``--seeds`` every run is repeated per seed (``<label>-s<seed>``)
@@ -111,6 +112,13 @@ SUITES: dict[str, dict[str, list[tuple[str, str, list[str]]]]] = {
             ("fedavg", "fedavg", _DISUE_LOCAL),
         ]
         for p in ("dirichlet-client:0.01", "dirichlet-client:0.1", "dirichlet-client:0.5")
+    },
+    # issue 15: the code's generator update (one step per teacher) against the CPU preset above
+    "disue-sequential": {
+        "dirichlet-client:0.1": [
+            ("fedftg-sequential", "fedftg", _DISUE_LOCAL),
+            ("disue-sequential", "disue", _DISUE_LOCAL),
+        ]
     },
     # issue 14: CFLHKD's edge rounds per cloud round and number of clusters (defaults: R_e=2, K=4),
     # and edges restarting from the global model every cloud round (run with --rounds 50)
