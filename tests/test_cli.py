@@ -82,3 +82,26 @@ def test_missing_config_file_and_existing_run_folder(tmp_path: Path) -> None:
     assert main(["run", *TINY, "--out", str(tmp_path / "r")]) == 0
     r = _cli(["run", *TINY, "--out", str(tmp_path / "r")], tmp_path)
     assert r.returncode == 2 and "--resume" in r.stderr
+
+
+def test_resume_refuses_a_changed_science_and_only_extends_rounds(tmp_path: Path) -> None:
+    """A resume keeps its config: another lr or method is refused by name; more rounds continue the run."""
+    out = tmp_path / "r"
+    assert main(["run", *TINY, "--set", "local.lr=0.05", "--out", str(out)]) == 0
+    before = (out / "metrics.jsonl").read_text()
+    for change, key in ((["--set", "local.lr=0.5"], "local.lr"), (["--method", "kdia"], "method"), (["--seed", "7"], "seed")):
+        r = _cli(["run", "--resume", "--out", str(out), "--quiet", *change], tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert key in r.stderr and "only a larger rounds" in r.stderr, r.stderr
+    r = _cli(["run", "--resume", "--out", str(out), "--quiet", "--rounds", "1"], tmp_path)
+    assert r.returncode == 2 and "rounds can only grow" in r.stderr
+    assert (out / "metrics.jsonl").read_text() == before  # nothing was touched
+    # the same command again, or a bare resume, is no change; more rounds extend the run
+    assert main(["run", "--resume", *TINY, "--set", "local.lr=0.05", "--out", str(out)]) == 0
+    assert main(["run", "--resume", "--out", str(out), "--rounds", "4", "--quiet"]) == 0
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in recs] == [0, 1, 2, 3, 4] and json.loads((out / "config.json").read_text())["rounds"] == 4
+    # ... and equal an uninterrupted 4-round run
+    assert main(["run", *[a if a != "2" else "4" for a in TINY], "--set", "local.lr=0.05", "--out", str(tmp_path / "full")]) == 0
+    full = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["accuracy"], r["loss"], r["bits"]) for r in recs] == [(r["accuracy"], r["loss"], r["bits"]) for r in full]

@@ -24,6 +24,11 @@ DEMO_BASE: dict[str, Any] = {"dataset": "mnist1d", "partition": "classes:1", "cl
 
 def build_config(args: argparse.Namespace) -> RunConfig:
     """defaults <- --config file <- explicit flags <- --set overrides."""
+    return parse_config(explicit_config(args))
+
+
+def explicit_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Only what the user set: the ``--config`` file, explicit flags and ``--set`` overrides."""
     data: dict[str, Any] = load_toml(args.config) if args.config else {}
     flags = {
         "method": args.method,
@@ -38,8 +43,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         "device": args.device,
     }
     data.update({k: v for k, v in flags.items() if v is not None})
-    data = apply_overrides(data, args.set or [])
-    return parse_config(data)
+    return apply_overrides(data, args.set or [])
 
 
 def _fmt_bits(bits: int) -> str:
@@ -51,9 +55,11 @@ def _fmt_bits(bits: int) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from fldistill.runner import Runner
 
-    cfg = build_config(args)
+    explicit = explicit_config(args)
+    cfg = parse_config(explicit)
     out = Path(args.out) if args.out else Path("runs") / cfg.run_name()
-    runner = Runner(cfg, out, resume=args.resume, quiet=args.quiet, console=err_console)
+    changes = explicit if args.resume else None  # a resume checks only what the user set against config.json
+    runner = Runner(cfg, out, resume=args.resume, quiet=args.quiet, console=err_console, changes=changes)
     s = runner.run()
     console.print(
         f"[bold]{s['method']}[/] {s['dataset']} {s['partition']} N={s['clients']}: "

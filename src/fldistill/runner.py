@@ -57,6 +57,24 @@ def method_params(cfg: RunConfig) -> BaseModel:
         raise ConfigError(f"invalid params.{key} for method '{cfg.method}': {e['msg']} (got {e.get('input')!r})") from None
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` laid on top, section by section."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two config dicts (missing keys count)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: dict[str, tuple[Any, Any]] = {}
+        for k in sorted(set(a) | set(b)):
+            out.update(_diff(a.get(k), b.get(k), f"{prefix}{k}."))
+        return out
+    return {} if a == b else {prefix[:-1]: (a, b)}
+
+
 def resolve_model_name(cfg: RunConfig) -> str:
     """The model architecture: ``cfg.model`` or the dataset's default."""
     return default_model_for(cfg.dataset) if cfg.model == "auto" else cfg.model
@@ -151,6 +169,10 @@ class Runner:
         ``(ledger, fed, model, local, seed) -> Comm`` (default: :class:`InProcessComm`).
         The transport's ``round_report()`` entries (e.g. clients that did not answer) go
         into each metrics record.
+    changes : dict, optional
+        With ``resume``: only the keys the user set (the CLI's flags, ``--config`` and
+        ``--set``), laid over the saved config; without it ``cfg`` is the intended config.
+        Either way a resume refuses any change but a larger ``rounds``.
     """
 
     def __init__(
@@ -162,6 +184,7 @@ class Runner:
         quiet: bool = False,
         console: Console | None = None,
         comm_factory: CommFactory | None = None,
+        changes: dict[str, Any] | None = None,
     ) -> None:
         self.out = Path(out_dir)
         # Another transport (Flower) with InProcessComm's interface; the round loop stays here.
@@ -169,19 +192,46 @@ class Runner:
         self.resume = resume
         self.quiet = quiet
         self.console = console or Console(stderr=True)
+        self._extended_rounds = False
         if resume:
             saved = self.out / "config.json"
             if not saved.is_file():
                 raise ConfigError(f"--resume: {saved} not found; point --out at an existing run folder")
-            from fldistill.config import parse_config
-
-            cfg = parse_config(json.loads(saved.read_text()))
+            cfg = self._resumed_config(json.loads(saved.read_text()), cfg, changes)
         elif (self.out / "metrics.jsonl").exists():
             raise ConfigError(f"run folder {self.out} already holds a run; pass --resume to continue it or choose another --out")
         validate(cfg)
         self.cfg = cfg = resolve_defaults(cfg)
         self._progress: Progress | None = None
         self._personal_last: PersonalEval | None = None  # the last evaluated round's, for summary.json
+
+    def _resumed_config(self, saved: dict[str, Any], cfg: RunConfig, changes: dict[str, Any] | None) -> RunConfig:
+        """The saved config, with ``rounds`` extended if asked; any other change is refused.
+
+        A resume must never mix two experiments in one run folder: every key that differs
+        from ``config.json`` is named in the error, before anything is loaded or trained.
+        """
+        from fldistill.config import parse_config
+
+        if changes is not None:
+            wanted = _merge(saved, changes)
+        else:
+            validate(cfg)
+            wanted = json.loads(resolve_defaults(cfg).to_json())
+        diff = {k: v for k, v in _diff(saved, wanted).items() if k != "rounds"}
+        if diff:
+            what = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
+            raise ConfigError(
+                f"--resume would change the run in {self.out} ({what}); a resumed run keeps its config, "
+                "only a larger rounds is allowed: drop these settings, or start a new run with another --out"
+            )
+        rounds = int(wanted.get("rounds", saved["rounds"]))
+        if rounds < int(saved["rounds"]):
+            raise ConfigError(
+                f"--resume: rounds can only grow ({saved['rounds']} saved, {rounds} asked); use --rounds {saved['rounds']} or more"
+            )
+        self._extended_rounds = rounds > int(saved["rounds"])
+        return parse_config({**saved, "rounds": rounds})
 
     # -- progress bars -----------------------------------------------------------------
     @contextmanager
@@ -370,6 +420,8 @@ class Runner:
             metrics_path = self.out / "metrics.jsonl"
             if self.resume:
                 meta = self.load_checkpoint(method)
+                if self._extended_rounds:  # the one allowed change: more rounds
+                    _atomic_write_text(self.out / "config.json", cfg.to_json() + "\n")
                 start, wall0, setup_extra = int(meta["round"]) + 1, float(meta["wall_s"]), meta["extra"]
                 records = [r for r in _read_records(metrics_path) if r["round"] < start]
                 _atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in records))
