@@ -105,3 +105,23 @@ def test_resume_refuses_a_changed_science_and_only_extends_rounds(tmp_path: Path
     assert main(["run", *[a if a != "2" else "4" for a in TINY], "--set", "local.lr=0.05", "--out", str(tmp_path / "full")]) == 0
     full = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["accuracy"], r["loss"], r["bits"]) for r in recs] == [(r["accuracy"], r["loss"], r["bits"]) for r in full]
+
+
+def test_path_arguments_of_the_wrong_kind_are_one_line_errors(tmp_path: Path, capsys) -> None:
+    """--out, --config, --data-dir and compare --out: a file for a folder (or the reverse) is caught before any work."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cases = [
+        (["run", *TINY, "--out", str(afile)], "is a file, not a folder"),
+        (["run", *TINY, "--out", str(afile / "sub")], "is a file, so the folder cannot be created"),
+        (["run", "--config", str(tmp_path)], "is a folder, not a file"),
+        (["run", "--dataset", "mnist", "--data-dir", str(afile), "--quiet", "--out", str(tmp_path / "m")], "is a file, not a folder"),
+        (["run", "--dataset", "mnist", "--data-dir", str(tmp_path / "none"), "--quiet", "--out", str(tmp_path / "m2")], "does not exist"),
+        (["compare", str(tmp_path), "--out", str(afile)], "is a file, not a folder"),
+    ]
+    for args, msg in cases:
+        capsys.readouterr()
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert msg in err and len(err.splitlines()) == 1 and "Traceback" not in err, (args, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no half-written run folder

@@ -71,9 +71,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from fldistill.errors import check_output_dir
     from fldistill.report.compare import compare_runs, render_table
 
-    out = Path(args.out) if args.out else Path(args.runs[0]).parent / "compare"
+    out = check_output_dir(Path(args.out) if args.out else Path(args.runs[0]).parent / "compare")
     rows = compare_runs([Path(r) for r in args.runs], out, target=args.target)
     console.print(render_table(rows, title=f"comparison ({out})"))
     console.print(f"wrote {out}/compare.md, compare.csv, accuracy_vs_round.png, accuracy_vs_bits.png")

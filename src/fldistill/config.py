@@ -157,12 +157,16 @@ def parse_config(data: dict[str, Any]) -> RunConfig:
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML config file into a mapping (not yet validated)."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a folder, not a file; pass a .toml file to --config")
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist; pass an existing .toml file to --config")
     try:
         return tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"config file {p} is not valid TOML: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"config file {p} cannot be read ({err.strerror}); check its permissions") from None
 
 
 def _coerce(text: str) -> Any:

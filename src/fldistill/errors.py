@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class FLDistillError(Exception):
     """Base class for every error fldistill reports to the user.
@@ -21,3 +24,32 @@ class DataError(FLDistillError):
 
 class TrainingDiverged(FLDistillError):
     """The loss became NaN/inf or exploded; the run stops with this message."""
+
+
+def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """``path`` as a folder fldistill can create or write into, or a one-line :class:`ConfigError`.
+
+    Checked before any work starts: an existing file of that name, an ancestor that is a
+    file, and a location that cannot be written are refused, naming the flag.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{flag} {p} is a file, not a folder; choose another {flag}")
+    probe = p
+    while not probe.exists():  # the nearest ancestor that exists must be a writable folder
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"{flag} {p}: {probe} is a file, so the folder cannot be created; choose another {flag}")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {p}: cannot write in {probe} (permission denied); choose another {flag}")
+    return p
+
+
+def make_output_dir(path: Path, flag: str = "--out") -> None:
+    """Create ``path`` (and parents), turning an OS refusal into a one-line :class:`ConfigError`."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{flag} {path}: cannot create the folder ({err.strerror}); choose another {flag}") from None

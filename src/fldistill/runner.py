@@ -28,11 +28,11 @@ from fldistill.config import RunConfig
 from fldistill.data.federation import Federation, build_federation
 from fldistill.data.groups import parse_groups
 from fldistill.data.partition import parse_partition
-from fldistill.data.registry import dataset_info
+from fldistill.data.registry import check_data_dir, dataset_info
 from fldistill.engine.comm import Comm, InProcessComm
 from fldistill.engine.evaluation import PersonalEval, personal_eval
 from fldistill.engine.training import ModelState, evaluate, get_state
-from fldistill.errors import ConfigError, DataError, TrainingDiverged
+from fldistill.errors import ConfigError, DataError, TrainingDiverged, check_output_dir, make_output_dir
 from fldistill.ledger import Ledger
 from fldistill.methods import get_method
 from fldistill.methods.base import Method, RunContext
@@ -105,6 +105,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"device '{cfg.device}' requested but CUDA is not available; use --set device=cpu")
     if not info.embedded and not cfg.data_dir:
         raise DataError(f"dataset '{cfg.dataset}' is read from disk: pass --data-dir ({info.description})")
+    if not info.embedded and cfg.data_dir:
+        check_data_dir(cfg.data_dir)  # before the run folder is created
 
 
 def federation_for(cfg: RunConfig) -> Federation:
@@ -186,7 +188,7 @@ class Runner:
         comm_factory: CommFactory | None = None,
         changes: dict[str, Any] | None = None,
     ) -> None:
-        self.out = Path(out_dir)
+        self.out = check_output_dir(out_dir)
         # Another transport (Flower) with InProcessComm's interface; the round loop stays here.
         self.comm_factory: CommFactory | None = comm_factory
         self.resume = resume
@@ -413,7 +415,7 @@ class Runner:
     def run(self) -> dict[str, Any]:
         """Run (or resume) the experiment; returns the summary."""
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
+        make_output_dir(self.out)
         t0 = time.perf_counter()
         with self._bars():
             method = self.method = self.build()  # kept for inspection after the run (tests, notebooks)

@@ -42,6 +42,14 @@ def dataset_info(name: str) -> DatasetInfo:
     return DATASETS[name]
 
 
+def check_data_dir(data_dir: str | Path) -> None:
+    """A one-line :class:`DataError` unless ``data_dir`` is an existing folder."""
+    if Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise DataError(f"--data-dir {data_dir} is a file, not a folder; pass the folder that holds the dataset's files")
+    if not Path(data_dir).is_dir():
+        raise DataError(f"--data-dir {data_dir} does not exist; pass the folder that holds the dataset's files")
+
+
 def load_dataset(name: str, data_dir: str | None = None, size: int | None = None) -> tuple[ArrayDataset, ArrayDataset]:
     """Load ``(train, test)`` for a named dataset.
 
@@ -58,8 +66,7 @@ def load_dataset(name: str, data_dir: str | None = None, size: int | None = None
         return load_digits()
     if data_dir is None:
         raise DataError(f"dataset '{name}' is read from disk: pass --data-dir pointing at its files ({info.description})")
-    if not Path(data_dir).is_dir():
-        raise DataError(f"--data-dir {data_dir} does not exist or is not a folder")
+    check_data_dir(data_dir)
     from fldistill.data.loaders import load_from_folder
 
     return load_from_folder(name, data_dir)
