@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import numpy as np
+from seed_curves import seeded_runs  # benchmarks/ is the script's folder, on sys.path
 
 
 def summaries(setting: Path) -> dict[str, dict[int, dict]]:
-    out: dict[str, dict[int, dict]] = {}
-    for d in sorted(setting.iterdir()):
-        m = re.match(r"(.+)-s(\d+)$", d.name)
-        if m and (d / "summary.json").exists():
-            out.setdefault(m.group(1), {})[int(m.group(2))] = json.loads((d / "summary.json").read_text())
-    return out
+    return {label: {seed: json.loads((d / "summary.json").read_text()) for seed, d in runs.items()}
+            for label, runs in seeded_runs(setting).items()}
 
 
 def main() -> None:

@@ -17,17 +17,25 @@ from pathlib import Path
 import numpy as np
 
 
+def seeded_runs(setting: Path) -> dict[str, dict[int, Path]]:
+    """The finished runs of a setting folder, per label and seed (folders ``<label>-s<seed>``)."""
+    out: dict[str, dict[int, Path]] = {}
+    for d in sorted(setting.iterdir()):
+        m = re.match(r"(.+)-s(\d+)$", d.name)
+        if m and (d / "summary.json").exists():
+            out.setdefault(m.group(1), {})[int(m.group(2))] = d
+    return out
+
+
 def curves(setting: Path, metric: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per label: rounds, mean and std over seeds of ``metric`` (rounds every seed logged)."""
     runs: dict[str, list[dict[int, float]]] = {}
-    for d in sorted(setting.iterdir()):
-        f = d / "metrics.jsonl"
-        if not (d / "summary.json").exists() or not f.exists():
-            continue
-        recs = [json.loads(x) for x in f.read_text().splitlines()]
-        pts = {int(r["round"]): float(r[metric]) for r in recs if metric in r and r["round"] >= 1}
-        if pts:
-            runs.setdefault(re.sub(r"-s\d+$", "", d.name), []).append(pts)
+    for label, by_seed in seeded_runs(setting).items():
+        for d in by_seed.values():
+            recs = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+            pts = {int(r["round"]): float(r[metric]) for r in recs if metric in r and r["round"] >= 1}
+            if pts:
+                runs.setdefault(label, []).append(pts)
     out = {}
     for label, seeds in runs.items():
         rounds = sorted(set.intersection(*(set(p) for p in seeds)))

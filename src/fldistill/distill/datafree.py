@@ -68,6 +68,13 @@ class Teachers:
         self.stacked = {name: torch.stack([s[name].detach() for s in states]) for name in states[0]}
         self._vmap = True
 
+    @classmethod
+    def heads(cls, model: nn.Module, states: Sequence[ModelState], submodule: str = "classifier") -> Teachers:
+        """The ``submodule`` (a split model's head) of every state, as teachers of features."""
+        head = model.get_submodule(submodule)
+        names = list(dict(head.named_parameters()) | dict(head.named_buffers()))
+        return cls(head, [{k: s[f"{submodule}.{k}"] for k in names} for s in states])
+
     def one(self, k: int, x: Tensor) -> Tensor:
         """Logits ``(B, C)`` of teacher ``k``."""
         return functional_call(self.module, {n: v[k] for n, v in self.stacked.items()}, (x,))

@@ -57,6 +57,7 @@ from fldistill.cluster import agglomerative, cosine_matrix
 from fldistill.cluster.encrypt import Scheme, client_secret, encrypt, encrypted_size
 from fldistill.distill.datafree import LabelMode, WeightMode
 from fldistill.engine.comm import ClientContext, InProcessComm, batched_task, task, train_task
+from fldistill.engine.state import Layout
 from fldistill.engine.training import ModelState, weighted_average
 from fldistill.ledger import Kind, Payload
 from fldistill.methods import register
@@ -76,21 +77,20 @@ class DisUEParams(DistillParams):
     student_init: Literal["experts", "universal"] = Field("experts", description="distillation starts from the experts' average or θ_U")
 
 
-def _float_keys(state: ModelState) -> list[str]:
-    # sorted: a state's dict order depends on where it came from (a module, a checkpoint)
-    return sorted(k for k, v in state.items() if v.is_floating_point())
+def _float_layout(model: torch.nn.Module) -> Layout:
+    """The floating entries of the worker model, in its own order (clients and server agree)."""
+    return Layout({k: v for k, v in model.state_dict().items() if v.is_floating_point()})
 
 
-def _flat_update(new: ModelState, ref: ModelState) -> torch.Tensor:
-    keys = _float_keys(ref)
-    return torch.cat([(new[k].float() - ref[k].float()).reshape(-1) for k in keys]).cpu()
+def _flat_update(layout: Layout, new: ModelState, ref: ModelState) -> torch.Tensor:
+    return (layout.flatten(new, torch.float32) - layout.flatten(ref, torch.float32)).cpu()
 
 
 def _seal(ctx: ClientContext, req: Payload, reply: Payload) -> Payload:
     """Client side: add the encrypted update under the clients' secret (never sent to the server)."""
     scheme = str(req.meta["encrypt"])
     if scheme != "none":
-        delta = _flat_update(reply.get_state("model"), req.get_state("model"))
+        delta = _flat_update(_float_layout(ctx.model), reply.get_state("model"), req.get_state("model"))
         secret = client_secret(ctx.seed, int(req.meta.get("key_epoch", 0)))
         reply.put("enc", encrypt(delta, scheme, secret, int(req.meta["jl_dim"])), Kind.FLOAT)  # type: ignore[arg-type]
     return reply
@@ -123,7 +123,8 @@ class DisUE(FedFTG):
         super().__init__(ctx, params)
         p, n = self.params, self.fed.n_clients
         self.experts = self.new_bank("experts", ctx.init_state, rows=p.groups, fill="template")
-        d = sum(v.numel() for v in ctx.init_state.values() if v.is_floating_point())
+        self.layout = _float_layout(ctx.model)
+        d = self.layout.widths[torch.float32]
         width = d if p.encrypt == "none" else encrypted_size(p.encrypt, d, p.jl_dim)
         self.updates = self.new_bank("updates", {"e": torch.zeros(width)}, device="cpu")  # every client's latest e_i
         self.hists = self.new_bank("hists", {"n": torch.zeros(self.fed.n_classes)}, device="cpu")
@@ -140,7 +141,7 @@ class DisUE(FedFTG):
         p, ids = self.params, sorted(replies)
         for c in ids:
             r = replies[c]
-            e = r.tensors["enc"] if p.encrypt != "none" else _flat_update(r.get_state("model"), self.global_state)
+            e = r.tensors["enc"] if p.encrypt != "none" else _flat_update(self.layout, r.get_state("model"), self.global_state)
             self.updates.set(c, {"e": e})
             self.hists.set(c, {"n": r.tensors["hist"].float().cpu()})
         if p.freeze_after is None or t <= p.freeze_after or (self.group[ids] < 0).any():

@@ -229,10 +229,8 @@ class FedGen(FedAvg):
         prm = self.params
         if prm.gen_steps == 0:
             return {}
-        head = self.ctx.model.get_submodule("classifier")
         dev = self.fed.x.device
-        names = list(dict(head.named_parameters()) | dict(head.named_buffers()))
-        teachers = Teachers(head, [{k: s["classifier." + k] for k in names} for s in states])
+        teachers = Teachers.heads(self.ctx.model, states)
         qualified = [int(c) for c in np.flatnonzero(counts.sum(0) > 0)]  # held by some participant
         g = torch_gen(self.cfg.seed, "fedgen", "generator", t)  # CPU: the same draws on any device
         b = prm.gen_batch

@@ -248,10 +248,8 @@ class KDIA(FedAvg):
         prm = self.params
         if prm.gen_epochs == 0:
             return {}
-        head = self.ctx.model.get_submodule("classifier")
         dev = self.fed.x.device
-        names = list(dict(head.named_parameters()) | dict(head.named_buffers()))
-        teachers = Teachers(head, [{k: s["classifier." + k] for k in names} for s in states])
+        teachers = Teachers.heads(self.ctx.model, states)
         g = torch_gen(self.cfg.seed, "kdia", "generator", t, device=dev)
         gen = self.generator
         gen.load_state_dict(self.generators.get(0))  # the bank is the truth (a resumed run)
