@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -53,3 +54,13 @@ def make_output_dir(path: Path, flag: str = "--out") -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"{flag} {path}: cannot create the folder ({err.strerror}); choose another {flag}") from None
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """A ``"; did you mean 'x'?"`` suffix for an unknown ``name`` (empty when nothing is close)."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return "; did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
