@@ -519,3 +519,24 @@ def test_load_from_folder_accepts_str(tmp_path):
     _write_idx(tmp_path, n_train=1, n_test=1)
     train, test = load_from_folder("fashion-mnist", str(tmp_path))
     assert (len(train), len(test)) == (1, 1)
+
+
+def test_an_empty_split_is_refused_before_training(tmp_path):
+    """A test file with 0 images used to run and report accuracy 0.0000."""
+    from fldistill.data.registry import load_dataset
+
+    _write_idx(tmp_path, n_test=0)
+    _check_raises(lambda: load_dataset("mnist", str(tmp_path)), "test split", "0 samples")
+    _write_idx(tmp_path, n_train=0, n_test=3)
+    _check_raises(lambda: load_dataset("mnist", str(tmp_path)), "training split", "0 samples")
+
+
+def test_a_forged_huge_header_reports_the_true_byte_count(tmp_path):
+    """Dims of 2^32-1 each must not wrap around in the expected size (int64 overflow)."""
+    _write_idx(tmp_path)
+    dims = (2**32 - 1, 2**32 - 1, 2**32 - 1)
+    raw = struct.pack(">I", 0x803) + struct.pack(">3I", *dims) + b"\0" * 10
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(raw)
+    expected = 16 + (2**32 - 1) ** 3
+    msg = _check_raises(lambda: load_from_folder("mnist", tmp_path), f"expected {expected}")
+    assert "-" not in msg.split("expected", 1)[1].split()[0]

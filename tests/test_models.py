@@ -74,6 +74,20 @@ def test_list_models_matches_registry() -> None:
         assert n_params == EXPECTED_PARAMS[name]
 
 
+def test_catalogue_counts_equal_the_built_models() -> None:
+    """The torch-free catalogue (read by `list models`) stores counts; they must be the real ones."""
+    from fldistill.models.catalog import MODEL_CARDS
+
+    assert list(MODEL_CARDS) == list(MODELS)
+    for name, _, n_params in list_models():
+        assert MODEL_CARDS[name].parameters == n_params, name
+
+
+def test_unknown_model_suggests_the_close_name() -> None:
+    with pytest.raises(ConfigError, match="unknown model 'mnist_cn'; did you mean 'mnist_cnn'"):
+        build_model("mnist_cn", (1, 28, 28), 10)
+
+
 def test_list_models_does_not_touch_the_rng() -> None:
     torch.manual_seed(3)
     expected = torch.rand(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,17 +54,24 @@ def _fmt_bits(bits: int) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from fldistill.runner import Runner
+    from fldistill.checks import check_config
+    from fldistill.errors import check_output_dir
 
     explicit = explicit_config(args)
     cfg = parse_config(explicit)
     out = Path(args.out) if args.out else Path("runs") / cfg.run_name()
+    if not args.resume:  # a new run's input errors are found before torch is imported (seconds on a busy machine)
+        check_config(cfg)
+        check_output_dir(out)
+    from fldistill.runner import Runner
+
     changes = explicit if args.resume else None  # a resume checks only what the user set against config.json
     runner = Runner(cfg, out, resume=args.resume, quiet=args.quiet, console=err_console, changes=changes)
     s = runner.run()
+    k = min(5, max(int(s["rounds"]), 1))
     console.print(
         f"[bold]{s['method']}[/] {s['dataset']} {s['partition']} N={s['clients']}: "
-        f"final acc {s['final_accuracy']:.4f} (mean of last 5: {s['final_accuracy_mean5']:.4f}, best {s['best_accuracy']:.4f} "
+        f"final acc {s['final_accuracy']:.4f} (mean of last {k}: {s['final_accuracy_mean5']:.4f}, best {s['best_accuracy']:.4f} "
         f"at round {s['best_round']}), sent {_fmt_bits(s['total_bits'])}, {s['wall_s']:.1f} s "
         f"({s['seconds_per_round']:.3f} s/round) -> {out}"
     )
@@ -81,30 +89,60 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    table = Table(title=args.what)
-    if args.what == "methods":
-        from fldistill.methods import all_methods
+def _print_rows(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]], markdown: bool) -> None:
+    if markdown:
+        esc = [tuple(c.replace("|", "\\|") for c in r) for r in rows]
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + ["| " + " | ".join(r) + " |" for r in esc]
+        print("\n".join(lines))
+        return
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
 
-        table.add_column("method")
-        table.add_column("description")
-        for name, cls in all_methods().items():
-            table.add_row(name, cls.description)
+
+def cmd_list(args: argparse.Namespace) -> int:
+    # Catalogues only: listing must not import torch (it starts in a fraction of the time).
+    if args.what == "methods":
+        from fldistill.methods.catalog import method_card, method_names, param_rows
+
+        if args.markdown:
+            rows = [(n, method_card(n).description) for n in method_names()]
+            _print_rows("methods", ("method", "description"), rows, True)
+            return 0
+        for n in method_names():
+            card = method_card(n)
+            console.print(f"[bold]{n}[/]: {card.description}", highlight=False)
+            prows = [(f"params.{k}", t, d, desc) for k, t, d, desc in param_rows(n)]
+            if prows:
+                _print_rows("", ("parameter", "type", "default", "meaning"), prows, False)
+            local = ", ".join(f"local.{k}={v}" for k, v in card.local_defaults.items())
+            console.print(f"  local defaults: {local or 'the config defaults'}\n", highlight=False)
     elif args.what == "datasets":
         from fldistill.data.registry import DATASETS
 
-        for c in ("dataset", "classes", "input shape", "source"):
-            table.add_column(c)
-        for d in DATASETS.values():
-            table.add_row(d.name, str(d.n_classes or "from folder"), str(d.input_shape or "from folder"), d.description)
-    else:
-        from fldistill.models import list_models
+        drows = [(d.name, str(d.n_classes or "from folder"), str(d.input_shape or "from folder"), d.description) for d in DATASETS.values()]
+        _print_rows("datasets", ("dataset", "classes", "input shape", "source"), drows, args.markdown)
+    elif args.what == "models":
+        from fldistill.models.catalog import MODEL_CARDS
 
-        for c in ("model", "parameters", "description"):
-            table.add_column(c)
-        for name, desc, n in list_models():
-            table.add_row(name, f"{n:,}", desc)
-    console.print(table)
+        mrows = [(c.name, f"{c.parameters:,}", c.description) for c in MODEL_CARDS.values()]
+        _print_rows("models", ("model", "parameters", "description"), mrows, args.markdown)
+    else:
+        from fldistill.config import config_keys
+
+        krows = [(f"`{k}`" if args.markdown else k, t, d, m) for k, t, d, m in config_keys()]
+        title = "config keys (set with --set KEY=VALUE or in a --config TOML file)"
+        _print_rows(title, ("key", "type", "default", "meaning"), krows, args.markdown)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from fldistill.report.show import show_run
+
+    show_run(Path(args.run), console, rounds=args.rows)
     return 0
 
 
@@ -126,7 +164,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if (d / "summary.json").exists():
             console.print(f"{d} already complete, reusing it")
         else:
-            s = Runner(cfg, d, resume=resume, quiet=args.quiet, console=err_console).run()
+            try:
+                s = Runner(cfg, d, resume=resume, quiet=args.quiet, console=err_console).run()
+            except KeyboardInterrupt:
+                again = " ".join(["fldistill", *args.argv])
+                raise KeyboardInterrupt(
+                    f"demo interrupted in {m.strip()}; continue it with the same command: {again} "
+                    "(finished methods are reused, the interrupted one resumes from its last round)"
+                ) from None
             console.print(f"final acc {s['final_accuracy']:.4f}, sent {_fmt_bits(s['total_bits'])}, {s['wall_s']:.1f} s")
         dirs.append(d)
     rows = compare_runs(dirs, out / "compare")
@@ -135,30 +180,71 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# Flags of ``run`` that set a config key: (flag, key, type); help and default come from the config models.
+_CONFIG_FLAGS: tuple[tuple[str, str, type], ...] = (
+    ("--method", "method", str),
+    ("--dataset", "dataset", str),
+    ("--data-dir", "data_dir", str),
+    ("--partition", "partition", str),
+    ("--groups", "groups", str),
+    ("--clients", "clients", int),
+    ("--rounds", "rounds", int),
+    ("--seed", "seed", int),
+    ("--model", "model", str),
+    ("--device", "device", str),
+)
+
+
+def _key_help(key: str) -> str:
+    field = RunConfig.model_fields[key]
+    default = field.get_default(call_default_factory=True)
+    return f"{field.description} (default: {'none' if default is None else default})"
+
+
 def add_config_flags(r: argparse.ArgumentParser) -> None:
     """The experiment flags of ``run`` (and ``flower`` commands): see :func:`build_config`."""
-    r.add_argument("--config", help="TOML file with config keys (see docs/config.md)")
-    r.add_argument("--method")
-    r.add_argument("--dataset")
-    r.add_argument("--data-dir", dest="data_dir")
-    r.add_argument("--partition", help="iid | classes:C | dirichlet:ALPHA | dirichlet-client:ALPHA | quantity:linear|square|exponential")
-    r.add_argument("--groups", metavar="G:KIND", help="ground-truth client groups: G groups, KIND labelswap | rotate | signal")
-    r.add_argument("--clients", type=int)
-    r.add_argument("--rounds", type=int)
-    r.add_argument("--seed", type=int)
-    r.add_argument("--model")
-    r.add_argument("--device")
-    r.add_argument("--out", help="run folder (default runs/<method>-<dataset>-<partition>-n<N>-s<seed>)")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config key, e.g. local.lr=0.1 or params.mu=0.01")
+    r.add_argument("--config", metavar="FILE", help="TOML file with config keys (`fldistill list keys`; docs/config.md)")
+    for flag, key, typ in _CONFIG_FLAGS:
+        r.add_argument(flag, dest=key, type=typ, metavar=key.upper(), help=_key_help(key))
+    r.add_argument("--out", help="run folder (default: runs/<method>-<dataset>-<partition>-n<N>-s<seed>)")
+    r.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. local.lr=0.1 or params.mu=0.01 (`fldistill list keys`)",
+    )
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to options whose default means something (not None or False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if "default" not in text and action.option_strings and d not in (None, False, argparse.SUPPRESS):
+            text += f" (default: {d})"
+        return text
+
+
+def _all_parsers(p: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """``p`` and every sub-command parser below it."""
+    yield p
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in action.choices.values():
+                yield from _all_parsers(sp)
 
 
 def make_parser() -> argparse.ArgumentParser:
+    """The ``fldistill`` argument parser (argparse only: building it imports no torch)."""
     p = argparse.ArgumentParser(prog="fldistill", description="Federated learning on non-IID clients with distillation and clustering.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    r = sub.add_parser("run", help="run one experiment into a run folder")
+    r = sub.add_parser("run", help="run one experiment into a run folder", description="Run one experiment into a run folder.")
     add_config_flags(r)
-    r.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    r.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint (only a larger --rounds may change)"
+    )
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(fn=cmd_run)
 
@@ -166,29 +252,49 @@ def make_parser() -> argparse.ArgumentParser:
 
     add_flower_parser(sub)
 
-    c = sub.add_parser("compare", help="compare run folders: table + overlay plots")
-    c.add_argument("runs", nargs="+")
-    c.add_argument("--out")
-    c.add_argument("--target", type=float, help="target accuracy for rounds/bits-to-target (default 0.8 x centralized)")
+    c = sub.add_parser("compare", help="compare run folders: table + overlay plots", description="Compare run folders.")
+    c.add_argument("runs", nargs="+", metavar="RUN", help="run folders made by `fldistill run`")
+    c.add_argument("--out", help="folder for compare.md, compare.csv and the plots (default: <first run's parent>/compare)")
+    c.add_argument(
+        "--target",
+        type=float,
+        help="target accuracy for rounds/bits-to-target (default: 0.8 x the best centralized run among them, else 0.8 x the best run)",
+    )
     c.set_defaults(fn=cmd_compare)
 
-    ls = sub.add_parser("list", help="list methods, datasets or models")
-    ls.add_argument("what", choices=["methods", "datasets", "models"])
+    ls = sub.add_parser(
+        "list", help="list methods (with their parameters), datasets, models or config keys", description="List what can be configured."
+    )
+    ls.add_argument("what", choices=["methods", "datasets", "models", "keys"], help="what to list")
+    ls.add_argument("--markdown", action="store_true", help="print a Markdown table (keys: the table of docs/config.md)")
     ls.set_defaults(fn=cmd_list)
 
-    d = sub.add_parser("demo", help="the quickstart job: compare methods on mnist1d with 1 class per client")
-    d.add_argument("--out", default="runs/demo")
-    d.add_argument("--methods", default=",".join(DEMO_METHODS))
-    d.add_argument("--rounds", type=int)
-    d.add_argument("--set", action="append", metavar="KEY=VALUE")
-    d.add_argument("--quiet", action="store_true")
+    sh = sub.add_parser("show", help="show a run: config, summary, per-round table, plots", description="Show a run folder.")
+    sh.add_argument("run", metavar="RUN", help="a run folder made by `fldistill run`")
+    sh.add_argument("--rows", type=int, default=20, help="at most this many per-round rows (first, last and evenly spaced)")
+    sh.set_defaults(fn=cmd_show)
+
+    d = sub.add_parser(
+        "demo",
+        help="the quickstart job: compare methods on mnist1d with 1 class per client",
+        description="The quickstart job. Run it again with the same flags to continue after an interruption.",
+    )
+    d.add_argument("--out", default="runs/demo", help="folder of the demo's runs and comparison")
+    d.add_argument("--methods", default=",".join(DEMO_METHODS), help="comma-separated methods to compare")
+    d.add_argument("--rounds", type=int, help=f"rounds per method (default: {DEMO_BASE['rounds']})")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key of every method's run")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(fn=cmd_demo)
+    for parser in _all_parsers(p):
+        parser.formatter_class = _HelpFormatter
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fldistill`` command."""
+    argv = sys.argv[1:] if argv is None else argv
     args = make_parser().parse_args(argv)
+    args.argv = argv  # for hints that repeat the command (the demo's resume)
     try:
         return int(args.fn(args))
     except FLDistillError as err:

@@ -7,18 +7,23 @@ numbers lives here, and all randomness is derived from ``seed``.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
+import types
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fldistill.errors import ConfigError
+from fldistill.errors import ConfigError, did_you_mean
+
+_DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
 
 class _Strict(BaseModel):
     # Unknown keys are errors: a typo must never silently fall back to a default.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN and inf are refused everywhere: they would pass an unbounded float field.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class LocalConfig(_Strict):
@@ -29,12 +34,12 @@ class LocalConfig(_Strict):
     (``Method.local_defaults``); the resolved values are saved with the run.
     """
 
-    unit: Literal["epochs", "steps"] = "epochs"
-    amount: int = Field(2, ge=1)
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(32, ge=1)
+    unit: Literal["epochs", "steps"] = Field("epochs", description="what local.amount counts: local epochs or optimiser steps")
+    amount: int = Field(2, ge=1, description="E: local epochs or steps per round (method default if unset)")
+    lr: float = Field(0.05, gt=0, description="SGD learning rate (method default if unset)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (reset every round)")
+    weight_decay: float = Field(0.0, ge=0, description="SGD weight decay")
+    batch_size: int = Field(32, ge=1, description="local mini-batch size")
 
 
 class LedgerConfig(_Strict):
@@ -45,10 +50,10 @@ class LedgerConfig(_Strict):
     With ``init_model_free`` the initial model travels as a seed (HFLDD Eq. 3).
     """
 
-    b1: int = Field(32, ge=1)
-    b2: int = Field(8, ge=1)
-    label_bits: int = Field(32, ge=1)
-    init_model_free: bool = True
+    b1: int = Field(32, ge=1, description="bits per model parameter or float value (B1)")
+    b2: int = Field(8, ge=1, description="bits per raw or distilled data value (B2)")
+    label_bits: int = Field(32, ge=1, description="bits per hard label")
+    init_model_free: bool = Field(True, description="the initial model travels as a seed (HFLDD Eq. 3)")
 
 
 class PublicConfig(_Strict):
@@ -60,8 +65,10 @@ class PublicConfig(_Strict):
     the same input shape, loaded from ``data_dir``).
     """
 
-    source: str = "auto"
-    size: int = Field(1000, ge=1)
+    source: str = Field("auto", description="public set D_g: auto, holdout, shifted (mnist1d), noise or dataset:NAME")
+    size: int | None = Field(
+        None, ge=1, description="|D_g|; null = 1000, capped at 10% of the training pool when held out of it"
+    )
 
 
 class FlowerConfig(_Strict):
@@ -74,50 +81,66 @@ class FlowerConfig(_Strict):
     nodes on one machine from oversubscribing it, and numbers comparable).
     """
 
-    timeout_s: float = Field(300.0, gt=0)
-    connect_timeout_s: float = Field(120.0, gt=0)
-    threads: int = Field(1, ge=1)
+    timeout_s: float = Field(300.0, gt=0, description="Flower: seconds one call waits for replies; later clients count as missing")
+    connect_timeout_s: float = Field(120.0, gt=0, description="Flower: seconds to wait for a node per client before round 0")
+    threads: int = Field(1, ge=1, description="Flower: torch threads per client task (and on the server)")
 
 
 class RunConfig(_Strict):
     """Everything that defines a run."""
 
-    method: str = "fedavg"
-    dataset: str = "mnist1d"
-    data_dir: str | None = None
+    method: str = Field("fedavg", description="the method (fldistill list methods)")
+    dataset: str = Field("mnist1d", description="the dataset (fldistill list datasets)")
+    data_dir: str | None = Field(None, description="folder with the dataset's files (datasets that are not embedded)")
     dataset_size: int | None = Field(
-        None, ge=100, description="samples to generate for mnist1d (train+test); None = default"
+        None, ge=100, description="samples to generate for mnist1d (train+test); null = the dataset's default"
     )
-    partition: str = "iid"
+    partition: str = Field(
+        "iid", description="iid, classes:C, dirichlet:ALPHA, dirichlet-client:ALPHA or quantity:linear|square|exponential"
+    )
     groups: str | None = Field(
-        None, description="ground-truth client groups G:KIND (labelswap, rotate, signal); None = no groups"
+        None, description="ground-truth client groups G:KIND (labelswap, rotate, signal); null = no groups"
     )
-    clients: int = Field(100, ge=1)
-    participation: float = Field(1.0, gt=0, le=1)
-    rounds: int = Field(100, ge=1)
-    seed: int = Field(0, ge=0)
-    model: str = "auto"
-    local_test_fraction: float = Field(0.2, ge=0, lt=1)
+    clients: int = Field(100, ge=1, description="N, the number of clients")
+    participation: float = Field(1.0, gt=0, le=1, description="fraction of clients sampled per round")
+    rounds: int = Field(100, ge=1, description="T, communication rounds")
+    seed: int = Field(0, ge=0, description="the run seed, the only source of randomness")
+    model: str = Field("auto", description="the model (fldistill list models); auto = the dataset's default")
+    local_test_fraction: float = Field(
+        0.2, ge=0, lt=1, description="each client's local test split for personalised evaluation (0 = none)"
+    )
     local: LocalConfig = Field(default_factory=LocalConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     public: PublicConfig = Field(default_factory=PublicConfig)
     flower: FlowerConfig = Field(default_factory=FlowerConfig)
     params: dict[str, Any] = Field(default_factory=dict, description="method-specific parameters")
-    eval_batch_size: int = Field(4096, ge=1)
+    eval_batch_size: int = Field(4096, ge=1, description="samples per forward pass in every evaluation")
     eval_every: int = Field(
         1, ge=1, description="personalised evaluation every this many rounds (round 0 and the last always)"
     )
-    device: str = "cpu"
-    engine: Literal["sequential", "vectorised", "auto"] = "auto"
+    device: str = Field("cpu", description="torch device: cpu, cuda or cuda:N")
+    engine: Literal["sequential", "vectorised", "auto"] = Field(
+        "auto", description="sequential, vectorised (clients of one call trained together) or auto"
+    )
     divergence_factor: float = Field(
         100.0, gt=1, description="stop when the test loss exceeds this multiple of the initial loss"
     )
-    name: str | None = None
+    name: str | None = Field(None, description="run-folder name (default: method-dataset-partition-nN-sSEED)")
 
     @field_validator("method", "dataset", "model")
     @classmethod
     def _lower(cls, v: str) -> str:
         return v.strip().lower()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        # Checked here, without torch: a malformed string would crash deep in torch.
+        # Whether CUDA is present is checked by the runner before any work starts.
+        v = v.strip().lower()
+        if not _DEVICE.fullmatch(v):
+            raise ValueError("use cpu, cuda or cuda:N (N a GPU index)")
+        return v
 
     def to_json(self) -> str:
         """Serialise the resolved config (what ``config.json`` holds)."""
@@ -132,12 +155,67 @@ class RunConfig(_Strict):
         return f"{self.method}-{self.dataset}-{part}{groups}-n{self.clients}-s{self.seed}"
 
 
+def _section(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The config model that holds the key at ``loc`` (None inside free-form ``params``)."""
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
 def _describe(err: ValidationError) -> str:
     e = err.errors()[0]
     loc = ".".join(str(p) for p in e["loc"]) or "config"
     if e["type"] == "extra_forbidden":
-        return f"unknown config key '{loc}'; see `fldistill run --help` or docs/config.md for valid keys"
-    return f"invalid value for '{loc}': {e['msg']} (got {e.get('input')!r})"
+        section = _section(tuple(e["loc"]))
+        prefix = loc.rsplit(".", 1)[0] + "." if "." in loc else ""
+        hint = did_you_mean(loc, [prefix + k for k in section.model_fields]) if section else ""
+        return f"unknown config key '{loc}'{hint} (`fldistill list keys` lists every key)"
+    msg = str(e["msg"]).removeprefix("Value error, ")
+    return f"invalid value for '{loc}': {msg} (got {e.get('input')!r})"
+
+
+def _type_text(ann: Any) -> str:
+    """A short readable type: ``int``, ``float | null``, ``'epochs' | 'steps'``."""
+    import typing
+
+    origin = typing.get_origin(ann)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(ann))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("null" if a is type(None) else _type_text(a) for a in typing.get_args(ann))
+    if origin is dict:
+        return "table"
+    return getattr(ann, "__name__", str(ann))
+
+
+def config_keys() -> list[tuple[str, str, str, str]]:
+    """``(key, type, default, meaning)`` of every config key, from the models themselves.
+
+    What ``fldistill list keys`` prints and ``docs/config.md``'s table holds, so neither
+    can drift from the code. ``params.*`` are the method's own (``fldistill list methods``).
+    """
+    rows: list[tuple[str, str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            if name == "params":
+                rows.append((f"{prefix}params.*", "table", "{}", "the method's own parameters: fldistill list methods"))
+                continue
+            default = field.get_default(call_default_factory=True)
+            text = "null" if default is None else json.dumps(default) if isinstance(default, str | bool) else str(default)
+            rows.append((f"{prefix}{name}", _type_text(ann), text, field.description or ""))
+
+    walk(RunConfig, "")
+    return rows
 
 
 def parse_config(data: dict[str, Any]) -> RunConfig:

@@ -18,17 +18,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from fldistill.checks import check_config, method_params
 from fldistill.config import RunConfig
 from fldistill.data.federation import Federation, build_federation
-from fldistill.data.groups import parse_groups
-from fldistill.data.partition import parse_partition
-from fldistill.data.registry import check_data_dir, dataset_info
+from fldistill.data.registry import dataset_info
 from fldistill.engine.comm import Comm, InProcessComm
 from fldistill.engine.evaluation import PersonalEval, personal_eval
 from fldistill.engine.training import ModelState, evaluate, get_state
@@ -41,20 +39,6 @@ from fldistill.seeding import seed_for
 
 CHECKPOINT = "checkpoint/state.safetensors"
 CommFactory = Callable[..., Comm]
-
-
-def method_params(cfg: RunConfig) -> BaseModel:
-    """Validate ``cfg.params`` against the method's own parameter model."""
-    cls = get_method(cfg.method)
-    try:
-        return cls.Params.model_validate(cfg.params)
-    except ValidationError as err:
-        e = err.errors()[0]
-        key = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
-            valid = ", ".join(cls.Params.model_fields) or "none"
-            raise ConfigError(f"method '{cfg.method}' has no parameter '{key}' (valid: {valid})") from None
-        raise ConfigError(f"invalid params.{key} for method '{cfg.method}': {e['msg']} (got {e.get('input')!r})") from None
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -94,19 +78,16 @@ def resolve_defaults(cfg: RunConfig) -> RunConfig:
 
 def validate(cfg: RunConfig) -> None:
     """Every check that can fail fast, before data is loaded or anything is trained."""
+    check_config(cfg)  # the torch-free ones first
     info = dataset_info(cfg.dataset)
-    method_params(cfg)
-    parse_partition(cfg.partition, info.n_classes or None, cfg.clients)
-    if cfg.groups is not None:
-        parse_groups(cfg.groups, n_classes=info.n_classes or None, input_shape=info.input_shape or None, n_clients=cfg.clients)
     if info.input_shape:  # folder datasets of unknown shape are checked after loading
         build_model(resolve_model_name(cfg), info.input_shape, info.n_classes)
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{cfg.device}' requested but CUDA is not available; use --set device=cpu")
-    if not info.embedded and not cfg.data_dir:
-        raise DataError(f"dataset '{cfg.dataset}' is read from disk: pass --data-dir ({info.description})")
-    if not info.embedded and cfg.data_dir:
-        check_data_dir(cfg.data_dir)  # before the run folder is created
+    if cfg.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device '{cfg.device}' requested but CUDA is not available; use --set device=cpu")
+        index = int(cfg.device.split(":")[1]) if ":" in cfg.device else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device '{cfg.device}': this machine has {torch.cuda.device_count()} GPU(s) (cuda:0..); pick one of them")
 
 
 def federation_for(cfg: RunConfig) -> Federation:
@@ -415,8 +396,34 @@ class Runner:
     def run(self) -> dict[str, Any]:
         """Run (or resume) the experiment; returns the summary."""
         cfg = self.cfg
-        make_output_dir(self.out)
-        t0 = time.perf_counter()
+        with self._cleanup_on_early_failure():
+            make_output_dir(self.out)
+            t0 = time.perf_counter()
+            return self._run(cfg, t0)
+
+    @contextmanager
+    def _cleanup_on_early_failure(self) -> Iterator[None]:
+        """A new run that fails (or is interrupted) before its round-0 checkpoint leaves nothing behind.
+
+        Only what this run created is removed: the folder itself if it did not exist, else
+        the entries that appeared in it. A resumed run is never touched.
+        """
+        existed = self.out.exists()
+        before = set(self.out.iterdir()) if existed and self.out.is_dir() else set()
+        try:
+            yield
+        except BaseException:
+            if not self.resume and not (self.out / CHECKPOINT).exists():
+                import shutil
+
+                if not existed:
+                    shutil.rmtree(self.out, ignore_errors=True)
+                elif self.out.is_dir():
+                    for p in set(self.out.iterdir()) - before:
+                        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            raise
+
+    def _run(self, cfg: RunConfig, t0: float) -> dict[str, Any]:
         with self._bars():
             method = self.method = self.build()  # kept for inspection after the run (tests, notebooks)
             metrics_path = self.out / "metrics.jsonl"

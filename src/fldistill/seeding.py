@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used, so config checks start without it
+    import torch
 
 
 def _key(k: int | str) -> int:
@@ -40,6 +42,8 @@ def seeded_build(seed: int, build: Callable[[], T]) -> T:
     For server-side modules whose initial weights must follow from the run seed (the
     generators of KDIA, FedGen, FedFTG and DisUE) without touching the global stream.
     """
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         return build()
@@ -47,6 +51,8 @@ def seeded_build(seed: int, build: Callable[[], T]) -> T:
 
 def torch_gen(seed: int, *keys: int | str, device: str | torch.device = "cpu") -> torch.Generator:
     """A torch generator for the stream ``keys`` of run ``seed``."""
+    import torch
+
     g = torch.Generator(device=device)
     g.manual_seed(seed_for(seed, *keys))
     return g

@@ -15,7 +15,7 @@ from fldistill.data.arrays import ArrayDataset
 from fldistill.data.groups import assign_groups, parse_groups, transform
 from fldistill.data.partition import label_counts, parse_partition, partition_indices
 from fldistill.data.registry import dataset_info, load_dataset
-from fldistill.errors import ConfigError
+from fldistill.errors import ConfigError, DataError
 from fldistill.seeding import np_rng, seed_for
 
 
@@ -94,18 +94,27 @@ def _norm_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+DEFAULT_PUBLIC_SIZE = 1000
+
+
 def build_public(
-    source: str, size: int, dataset: str, pool: ArrayDataset, data_dir: str | None, seed: int
+    source: str, size: int | None, dataset: str, pool: ArrayDataset, data_dir: str | None, seed: int
 ) -> tuple[ArrayDataset, np.ndarray]:
     """Build the public auxiliary set.
 
-    Returns the set and the pool indices it consumed (``holdout`` removes them from
-    the clients' pool so the public set stays disjoint).
+    ``size=None`` is :data:`DEFAULT_PUBLIC_SIZE`, capped at a tenth of the training pool
+    when the set is held out of it (so small datasets such as ``digits`` keep 90% for the
+    clients). Returns the set and the pool indices it consumed (``holdout`` removes them
+    from the clients' pool so the public set stays disjoint).
     """
     src = source
     if src == "auto":
         src = "shifted" if dataset == "mnist1d" else "holdout"
+    if size is None:
+        size = min(DEFAULT_PUBLIC_SIZE, len(pool) // 10) if src == "holdout" else DEFAULT_PUBLIC_SIZE
     if src == "holdout":
+        if size < 1:
+            raise DataError(f"the training pool has {len(pool)} samples, too few to hold out a public set; use public.source=noise")
         if size >= len(pool) // 2:
             raise ConfigError(f"public.size={size} is too large to hold out of {len(pool)} training samples")
         ix = np_rng(seed, "public").choice(len(pool), size, replace=False)
@@ -143,7 +152,7 @@ def build_federation(
     dataset_size: int | None = None,
     local_test_fraction: float = 0.2,
     public_source: str | None = None,
-    public_size: int = 1000,
+    public_size: int | None = None,
     device: str | torch.device = "cpu",
     groups: str | None = None,
 ) -> Federation:

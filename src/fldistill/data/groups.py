@@ -23,9 +23,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # imported in transform(): parsing a groups spec must not load torch
+    import torch
 
 from fldistill.errors import ConfigError
 from fldistill.seeding import np_rng
@@ -188,6 +191,8 @@ def transform(
         New tensors where changed; an unchanged one is returned as is (not a copy), so
         do not modify the results in place.
     """
+    import torch
+
     if kind == "labelswap":
         if g == 0:
             return x, y

@@ -14,6 +14,7 @@ numpy/gzip/pickle/PIL exceptions never escape for bad input.
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import struct
 import zlib
@@ -187,7 +188,7 @@ def _parse_idx(name: str, path: Path, raw: bytes, images: bool) -> np.ndarray:
             "the file is truncated, re-download it"
         )
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = header + int(np.prod(dims, dtype=np.int64))
+    expected = header + math.prod(dims)  # Python ints: a forged header must not wrap around
     if len(raw) != expected:
         raise DataError(
             f"{name}: {path} is {len(raw)} bytes, expected {expected} ({header}-byte header + "

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fldistill.data.arrays import ArrayDataset
-from fldistill.errors import ConfigError, DataError
+from fldistill.errors import ConfigError, DataError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ DATASETS: dict[str, DatasetInfo] = {
 def dataset_info(name: str) -> DatasetInfo:
     """Facts about ``name``; unknown names raise a :class:`ConfigError` listing valid ones."""
     if name not in DATASETS:
-        raise ConfigError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
+        raise ConfigError(f"unknown dataset '{name}'{did_you_mean(name, DATASETS)} (choose one of: {', '.join(DATASETS)})")
     return DATASETS[name]
 
 
@@ -69,4 +69,8 @@ def load_dataset(name: str, data_dir: str | None = None, size: int | None = None
     check_data_dir(data_dir)
     from fldistill.data.loaders import load_from_folder
 
-    return load_from_folder(name, data_dir)
+    train, test = load_from_folder(name, data_dir)
+    for split, ds in (("training", train), ("test", test)):
+        if len(ds) == 0:  # it would train on nothing, or report accuracy 0 on nothing
+            raise DataError(f"{name}: the {split} split in {data_dir} has 0 samples; check the files in that folder")
+    return train, test
