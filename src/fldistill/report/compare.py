@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,10 @@ CSV_COLUMNS = [
     "run_dir",
 ]
 
+# The summary's "final accuracy" mean covers the last MEAN_K trained rounds, or all of them when
+# fewer were trained (summary.json keeps the key name final_accuracy_mean5 either way).
+MEAN_K = 5
+
 # Personalised-evaluation columns, appended (to the CSV and the tables) only when some run
 # logged personalised metrics, so older comparisons stay exactly as they were.
 PERSONAL_COLUMNS = ["final_personalized_accuracy", "final_personalized_accuracy_worst10"]
@@ -63,6 +67,9 @@ class RunRecord:
         ``status="incomplete"`` when the file is absent (interrupted run).
     label : str
         ``"<method> <partition>"``; :func:`compare_runs` disambiguates equal labels.
+    skipped_lines : list of int
+        Line numbers of corrupt ``metrics.jsonl`` lines that were skipped (only with
+        ``load_run(..., skip_corrupt=True)``; otherwise such a line raises).
     """
 
     run_dir: Path
@@ -70,6 +77,37 @@ class RunRecord:
     metrics: list[dict]
     summary: dict
     label: str
+    skipped_lines: list[int] = field(default_factory=list)
+
+
+def trained_rounds(metrics: list[dict]) -> int:
+    """Number of trained rounds recorded (rows with ``round >= 1``; round 0 is the initial evaluation)."""
+    return sum(1 for m in metrics if int(m["round"]) >= 1)
+
+
+def last_k(n_trained: int) -> int:
+    """How many rounds ``final_accuracy_mean5`` averages: ``min(5, n_trained)``, 1 (round 0) when none was trained."""
+    return min(MEAN_K, n_trained) if n_trained > 0 else 1
+
+
+def last_k_label(n_trained: int) -> str:
+    """What ``final_accuracy_mean5`` is, in words, for a run with ``n_trained`` trained rounds.
+
+    Parameters
+    ----------
+    n_trained : int
+        Trained rounds (``summary["rounds"]`` of a finished run, or :func:`trained_rounds`).
+
+    Returns
+    -------
+    str
+        ``"mean of last 5 rounds"``, ``"mean of last 3 rounds"`` for a 3-round run,
+        ``"mean of last 1 round"``, or ``"round 0 only (no round trained)"``.
+    """
+    if n_trained <= 0:
+        return "round 0 only (no round trained)"
+    k = last_k(n_trained)
+    return f"mean of last {k} round{'s' if k != 1 else ''}"
 
 
 def format_bits(bits: int | float | None) -> str:
@@ -112,8 +150,13 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _read_metrics(path: Path) -> list[dict]:
-    """Read metrics.jsonl: one JSON object per line, each with ``round`` and ``accuracy``."""
+def _read_metrics(path: Path, skipped: list[int] | None = None) -> list[dict]:
+    """Read metrics.jsonl: one JSON object per line, each with ``round`` and ``accuracy``.
+
+    A corrupt line raises :class:`DataError`, or, when ``skipped`` is a list, has its line
+    number appended to it and is left out (a viewer of a run being written, or killed
+    mid-line, still shows the rest).
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -123,25 +166,33 @@ def _read_metrics(path: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"{path} line {lineno}: not valid JSON ({exc.msg}); fix or delete that line"
-            ) from exc
-        if not isinstance(row, dict) or "round" not in row or "accuracy" not in row:
-            raise DataError(
-                f"{path} line {lineno}: expected an object with 'round' and 'accuracy'; "
-                "fix or delete that line"
-            )
-        try:
-            rnd = int(row["round"])
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{path} line {lineno}: 'round' must be an integer; fix that line") from exc
-        row["round"] = rnd
-        by_round[rnd] = row  # a resumed run may repeat a round: keep the latest
+            row = _parse_metrics_line(path, lineno, line)
+        except DataError:
+            if skipped is None:
+                raise
+            skipped.append(lineno)
+            continue
+        by_round[row["round"]] = row  # a resumed run may repeat a round: keep the latest
     if not by_round:
+        if skipped:
+            raise DataError(f"{path}: no valid metrics line ({len(skipped)} corrupt skipped); fix the file or re-run")
         raise DataError(f"{path}: no metrics recorded; the run stopped before round 0, re-run it")
     return [by_round[r] for r in sorted(by_round)]
+
+
+def _parse_metrics_line(path: Path, lineno: int, line: str) -> dict:
+    """One metrics.jsonl row with an integer ``round``, or a one-line :class:`DataError`."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} line {lineno}: not valid JSON ({exc.msg}); fix or delete that line") from exc
+    if not isinstance(row, dict) or "round" not in row or "accuracy" not in row:
+        raise DataError(f"{path} line {lineno}: expected an object with 'round' and 'accuracy'; fix or delete that line")
+    try:
+        row["round"] = int(row["round"])
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path} line {lineno}: 'round' must be an integer; fix that line") from exc
+    return row
 
 
 def _total_bits(row: dict) -> int:
@@ -166,7 +217,7 @@ def _summary_from_metrics(config: dict, metrics: list[dict]) -> dict:
         "clients": config.get("clients"),
         "rounds": config.get("rounds"),
         "final_accuracy": float(last["accuracy"]),
-        "final_accuracy_mean5": sum(float(m["accuracy"]) for m in trained[-5:]) / len(trained[-5:]),
+        "final_accuracy_mean5": sum(float(m["accuracy"]) for m in trained[-MEAN_K:]) / len(trained[-MEAN_K:]),
         "best_accuracy": accs[best_i],
         "best_round": int(metrics[best_i]["round"]),
         "total_bits": _total_bits(last),
@@ -187,13 +238,16 @@ def _personal_from_metrics(metrics: list[dict]) -> dict:
     return {}
 
 
-def load_run(run_dir: Path) -> RunRecord:
+def load_run(run_dir: Path, skip_corrupt: bool = False) -> RunRecord:
     """Load a run folder written by the engine.
 
     Parameters
     ----------
     run_dir : Path
         Folder with ``metrics.jsonl`` and, optionally, ``config.json`` and ``summary.json``.
+    skip_corrupt : bool
+        Leave out corrupt ``metrics.jsonl`` lines (listed in ``RunRecord.skipped_lines``)
+        instead of raising.
 
     Returns
     -------
@@ -204,7 +258,7 @@ def load_run(run_dir: Path) -> RunRecord:
     Raises
     ------
     DataError
-        Missing folder or ``metrics.jsonl``, a corrupt JSON line or file.
+        Missing folder or ``metrics.jsonl``, a corrupt JSON line (unless ``skip_corrupt``) or file.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -212,7 +266,8 @@ def load_run(run_dir: Path) -> RunRecord:
     metrics_path = run_dir / "metrics.jsonl"
     if not metrics_path.is_file():
         raise DataError(f"{metrics_path}: not found; this is not a run folder, or the run never started")
-    metrics = _read_metrics(metrics_path)
+    skipped: list[int] = []
+    metrics = _read_metrics(metrics_path, skipped if skip_corrupt else None)
     config = _read_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
     computed = _summary_from_metrics(config, metrics)
     if (run_dir / "summary.json").is_file():
@@ -224,7 +279,7 @@ def load_run(run_dir: Path) -> RunRecord:
     else:
         summary = computed
     label = f"{summary.get('method', '?')} {summary.get('partition', '?')}"
-    return RunRecord(run_dir=run_dir, config=config, metrics=metrics, summary=summary, label=label)
+    return RunRecord(run_dir=run_dir, config=config, metrics=metrics, summary=summary, label=label, skipped_lines=skipped)
 
 
 def rounds_to_target(metrics: list[dict], target: float) -> int | None:
@@ -310,8 +365,8 @@ def _default_target(records: list[RunRecord]) -> tuple[float, str]:
     return round(TARGET_FRACTION * best, 10), how  # round off float noise (0.7200000000000001)
 
 
-def _row(rec: RunRecord, target: float) -> dict[str, Any]:
-    """The comparison row of one run."""
+def _row(rec: RunRecord, target: float, target_how: str = "") -> dict[str, Any]:
+    """The comparison row of one run (``rounds_trained`` and ``target_how`` are for the tables, not the CSV)."""
     s = rec.summary
     total = int(s["total_bits"])
     return {
@@ -334,6 +389,8 @@ def _row(rec: RunRecord, target: float) -> dict[str, Any]:
         "seconds_per_round": s.get("seconds_per_round"),
         "run_dir": str(rec.run_dir),
         **{k: s.get(k) for k in PERSONAL_COLUMNS},
+        "rounds_trained": trained_rounds(rec.metrics),
+        "target_how": target_how,
     }
 
 
@@ -346,12 +403,40 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _display_cells(row: dict) -> list[str]:
-    """Human-readable cells of a row, in the order of :data:`_DISPLAY_HEADERS`."""
+def _row_k(row: dict) -> int:
+    """The k of a row's "mean of the last k rounds" (5 for rows built without ``rounds_trained``)."""
+    n = row.get("rounds_trained")
+    return MEAN_K if n is None else last_k(int(n))
+
+
+@dataclass
+class _MeanColumn:
+    """How the tables name the ``final_accuracy_mean5`` column: k is stated, per cell when runs differ."""
+
+    short: str  # terminal header, e.g. "last3"
+    header: str  # compare.md header
+    legend: str  # one sentence saying what the column is
+    per_cell: bool  # runs differ in k: compare.md's cells say their k (the terminal's caption gives the rule)
+
+
+def _mean_column(rows: list[dict]) -> _MeanColumn:
+    """Name the mean column after the rows' k = min(5, rounds trained)."""
+    ks = {_row_k(row) for row in rows}
+    if len(ks) > 1:
+        legend = f"lastk = mean accuracy of the last k rounds, k = min({MEAN_K}, rounds trained)"
+        return _MeanColumn("lastk", "final acc (mean of last k)", legend, True)
+    k = ks.pop() if ks else MEAN_K
+    n = next((int(r["rounds_trained"]) for r in rows if r.get("rounds_trained") is not None), k)
+    return _MeanColumn(f"last{k}", f"final acc ({last_k_label(n)})", f"last{k} = {last_k_label(n)}", False)
+
+
+def _display_cells(row: dict, mean: _MeanColumn | None = None) -> list[str]:
+    """Human-readable cells of a row, in the order of :data:`_DISPLAY_HEADERS` (with the row's k when ``mean.per_cell``)."""
+    mean_cell = _fmt(row["final_accuracy_mean5"])
     return [
         row["label"],
         _fmt(row["final_accuracy"]),
-        _fmt(row["final_accuracy_mean5"]),
+        f"{mean_cell} ({_row_k(row)})" if mean is not None and mean.per_cell else mean_cell,
         _fmt(row["best_accuracy"]),
         format_bits(row["total_bits"]),
         _fmt(row["rounds_to_target"]),
@@ -372,10 +457,12 @@ def _personal_cells(row: dict) -> list[str]:
     return [_fmt(row.get(k)) for k in PERSONAL_COLUMNS]
 
 
+# compare.md's headers; MEAN_HEADER is replaced by the column's name with its k (see _mean_column).
+MEAN_HEADER = "final acc (mean of last k)"
 _DISPLAY_HEADERS = [
     "run",
     "final acc",
-    "final acc (mean 5)",
+    MEAN_HEADER,
     "best acc",
     "total comm.",
     "rounds to target",
@@ -389,16 +476,28 @@ _DISPLAY_HEADERS = [
 # Display and terminal headers of PERSONAL_COLUMNS, after the others.
 _PERSONAL_HEADERS = {"personalised acc": "pers", "personalised worst 10%": "worst10"}
 
-# The terminal table's columns: a display header -> its short name.
+# The terminal table's columns: a display header -> its short name (MEAN_HEADER's is "last<k>").
+# Two-line headers keep the columns narrow.
 _TERMINAL_HEADERS = {
     "run": "run",
-    "final acc (mean 5)": "last5",
+    MEAN_HEADER: "last5",
     "best acc": "best",
-    "total comm.": "sent",
-    "rounds to target": "rounds",
-    "comm. to target": "sent",
+    "total comm.": "sent\ntotal",
+    "rounds to target": "rounds to\ntarget",
+    "comm. to target": "sent to\ntarget",
     "s / round": "s/rnd",
 }
+
+# What the to-target columns mean (the table caption and compare.md say it).
+_TO_TARGET_LEGEND = "rounds / sent to target = the first round reaching the target accuracy and the total sent up to it"
+
+
+def target_sentence(rows: list[dict]) -> str:
+    """``"target accuracy 0.7200: <how it was chosen>"`` for comparison rows ('' when they carry no target)."""
+    if not rows or rows[0].get("target") is None:
+        return ""
+    how = rows[0].get("target_how")
+    return f"target accuracy {rows[0]['target']:.4f}" + (f": {how}" if how else "")
 
 
 def render_table(rows: list[dict], title: str = "") -> Table:
@@ -409,44 +508,55 @@ def render_table(rows: list[dict], title: str = "") -> Table:
     rows : list of dict
         Rows as returned by :func:`compare_runs`.
     title : str
-        Table title; defaults to a line naming the target accuracy when the rows carry one.
+        Table title; the target accuracy (value and how it was chosen) is added under it
+        when the rows carry one, and a caption says what the columns are.
 
     Returns
     -------
     rich.table.Table
     """
-    if rows and rows[0].get("target") is not None:
-        tgt = f"last5 = mean accuracy of the last 5 rounds; rounds/sent to reach {rows[0]['target']:.4f}"
-        title = f"{title}\n{tgt}" if title else tgt
+    tgt = target_sentence(rows)
+    title = "\n".join(t for t in (title, tgt) if t)
+    mean = _mean_column(rows)
+    caption = f"{mean.legend}; {_TO_TARGET_LEGEND}" if tgt else mean.legend
     # Compact for terminals: 80 columns must stay readable; compare.md/csv keep everything.
     from rich import box
 
-    table = Table(title=title or None, box=box.SIMPLE_HEAD, pad_edge=False)
+    # collapse_padding: two spaces between columns, not three, so the to-target headers fit.
+    table = Table(title=title or None, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     keep = [_DISPLAY_HEADERS.index(h) for h in _TERMINAL_HEADERS]
     personal = _has_personal(rows)
-    headers = list(_TERMINAL_HEADERS.values()) + (list(_PERSONAL_HEADERS.values()) if personal else [])
+    headers = [mean.short if h == MEAN_HEADER else short for h, short in _TERMINAL_HEADERS.items()]
+    headers += list(_PERSONAL_HEADERS.values()) if personal else []
     for i, header in enumerate(headers):
         table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
     for row in rows:
-        cells = _display_cells(row)
+        cells = _display_cells(row)  # the caption states k when runs differ: no "(k)" in 80 columns
         table.add_row(*[cells[k] for k in keep], *(_personal_cells(row) if personal else []))
     return table
 
 
 def _write_markdown(rows: list[dict], path: Path, target_line: str) -> None:
-    """Write compare.md: a Markdown table and the target line."""
+    """Write compare.md: a Markdown table, the target line and what the columns mean."""
     personal = _has_personal(rows)
-    headers = _DISPLAY_HEADERS + (list(_PERSONAL_HEADERS) if personal else [])
+    mean = _mean_column(rows)
+    headers = [mean.header if h == MEAN_HEADER else h for h in _DISPLAY_HEADERS]
+    headers += list(_PERSONAL_HEADERS) if personal else []
+    legend = "*rounds to target* / *comm. to target*: the first round reaching the target accuracy and the total communicated up to it"
+    if mean.per_cell:  # one k for all runs is in the header itself
+        legend = f"*{mean.header}*: k = min({MEAN_K}, rounds trained), in brackets; {legend}"
     lines = [
         "# Comparison of runs",
         "",
         target_line,
         "",
+        legend + ".",
+        "",
         "| " + " | ".join(headers) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(headers) - 1)) + "|",
     ]
     for row in rows:
-        cells = [c.replace("|", "\\|") for c in _display_cells(row) + (_personal_cells(row) if personal else [])]
+        cells = [c.replace("|", "\\|") for c in _display_cells(row, mean) + (_personal_cells(row) if personal else [])]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -480,7 +590,8 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, target: float | None = Non
     -------
     list of dict
         One row per run (keys of :data:`CSV_COLUMNS` and :data:`PERSONAL_COLUMNS`, None
-        where a run has no personalised metrics; ``target`` records the target used).
+        where a run has no personalised metrics; ``target`` records the target used,
+        ``target_how`` how it was chosen, ``rounds_trained`` the k of the mean column).
 
     Raises
     ------
@@ -499,7 +610,7 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, target: float | None = Non
         target = float(target)
         how = "given explicitly"
     target_line = f"Target accuracy: **{target:.4f}** ({how})."
-    rows = [_row(rec, target) for rec in records]
+    rows = [_row(rec, target, how) for rec in records]
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
