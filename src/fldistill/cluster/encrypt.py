@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Literal
+from typing import get_args
 
 import torch
 from torch import Tensor
 
+from fldistill.methods.params import Scheme  # defined torch-free, with DisUE's parameters
 from fldistill.seeding import seed_for, torch_gen
 
-Scheme = Literal["orthogonal", "jl", "none"]
-SCHEMES: tuple[str, ...] = ("orthogonal", "jl", "none")
+SCHEMES: tuple[str, ...] = get_args(Scheme)
 
 
 def client_secret(run_seed: int, epoch: int = 0) -> int:

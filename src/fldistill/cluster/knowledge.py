@@ -11,11 +11,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from fldistill.cluster.algorithms import choose_heads, cluster_sampling, kmeans_rows
 from fldistill.cluster.scores import label_coverage, purity
@@ -23,21 +21,8 @@ from fldistill.cluster.similarity import kl_matrix
 from fldistill.engine.comm import ClientContext, Comm, local_config_from, task
 from fldistill.engine.training import local_train, make_objective, predict_proba
 from fldistill.ledger import Kind, Payload
+from fldistill.methods.params import ClusteringParams
 from fldistill.seeding import np_rng
-
-
-class ClusteringParams(BaseModel):
-    """HFLDD's label-knowledge clustering (shared with FedSeq, which reuses its clusters)."""
-
-    model_config = ConfigDict(extra="forbid")
-    k: int = Field(10, ge=1, description="K of K-Means (homogeneous clusters)")
-    pretrain_epochs: int = Field(10, ge=1, description="E1 (paper: 10)")
-    pretrain_unit: Literal["epochs", "steps"] = "epochs"
-    pretrain_lr: float = Field(0.01, gt=0)
-    # The paper says plain SGD; on mnist1d's small clients (2 steps/epoch) that leaves the
-    # soft labels near uniform and K-Means purity at 0.7. Momentum 0.9 gives purity 1.0.
-    pretrain_momentum: float = Field(0.9, ge=0, lt=1)
-    pretrain_batch: int = Field(64, ge=1)
 
 
 @task("soft_labels")

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from fldistill.engine.training import ModelState, get_state, set_state
+from fldistill.methods.params import LabelMode, WeightMode  # defined torch-free, with the parameters that choose them
 
 Sampler = Callable[[int], tuple[Tensor, Tensor]]
 """``sampler(iteration) -> (z, y)``: the noise and labels of one iteration."""
@@ -313,10 +314,6 @@ def class_weights(counts: np.ndarray) -> Tensor:
     n = torch.as_tensor(np.asarray(counts, dtype=np.float64))
     tot = n.sum(0, keepdim=True)
     return torch.where(tot > 0, n / tot.clamp_min(1e-12), torch.full_like(n, 1.0 / len(n))).float()
-
-
-LabelMode = Literal["proportional", "balanced", "uniform"]
-WeightMode = Literal["class", "uniform"]
 
 
 def server_distill(

@@ -9,14 +9,14 @@ checkpoints :meth:`Method.state_dict`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from fldistill.config import RunConfig
 from fldistill.data.federation import Federation
@@ -24,15 +24,10 @@ from fldistill.engine.comm import Comm
 from fldistill.engine.state import StateBank
 from fldistill.engine.training import ModelState, weighted_average
 from fldistill.ledger import Kind, Payload
+from fldistill.methods.params import NoParams
 from fldistill.seeding import np_rng
 
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
-
-
-class NoParams(BaseModel):
-    """A method without parameters of its own."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass
@@ -51,10 +46,12 @@ class RunContext:
 class Method:
     """Base class of all methods.
 
-    Subclasses set ``name``, ``description``, optionally ``Params`` (a pydantic model of
-    method-specific parameters, filled from ``config.params``) and implement
-    :meth:`round`. Per-client state lives here, on the server side, so one worker
-    module serves every client.
+    Subclasses set ``name`` and implement :meth:`round`. ``description``, ``Params`` (a
+    pydantic model of method-specific parameters, filled from ``config.params``) and
+    ``local_defaults`` of a built-in method come from its card in
+    :mod:`fldistill.methods.catalog`, set by :func:`~fldistill.methods.register`; other
+    methods set them on the class. Per-client state lives here, on the server side, so
+    one worker module serves every client.
     """
 
     name: ClassVar[str] = ""
@@ -63,7 +60,7 @@ class Method:
     needs_public: ClassVar[bool] = False
     # Tuned local-training defaults of this method; they fill only the ``local`` fields
     # the user did not set, and the resolved values are saved in config.json.
-    local_defaults: ClassVar[dict[str, Any]] = {}
+    local_defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, ctx: RunContext, params: BaseModel) -> None:
         self.ctx, self.cfg, self.fed, self.comm, self.params = ctx, ctx.cfg, ctx.fed, ctx.comm, params

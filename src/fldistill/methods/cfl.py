@@ -44,11 +44,11 @@ initial model, a seed).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from fldistill.cluster import agglomerative, cosine_matrix, labels_from_clusters
 from fldistill.engine.training import ModelState
@@ -56,31 +56,12 @@ from fldistill.ledger import Payload
 from fldistill.methods import register
 from fldistill.methods.base import RunContext
 from fldistill.methods.fedavg import FedAvg
-
-
-class CFLParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    criterion: Literal["relative", "absolute"] = Field(
-        "relative", description="relative: scale-free ratios of update norms; absolute: eps1/eps2 norms (official)"
-    )
-    eps1: float = Field(0.4, gt=0, description="absolute: split when ||mean dW|| < eps1 (notebook 0.4)")
-    eps2: float = Field(1.6, gt=0, description="absolute: ... and max ||dW_i|| > eps2 (notebook 1.6)")
-    rel_eps1: float = Field(0.4, gt=0, description="relative: split when ||mean dW|| / mean ||dW_i|| < rel_eps1")
-    rel_eps2: float = Field(1.0, ge=0, description="relative: ... and max ||dW_i|| / mean ||dW_i|| > rel_eps2")
-    warmup: int = Field(20, ge=0, description="no split before this round (notebook: 20)")
-    min_separation: float | None = Field(
-        0.25, description="accept a split only if mean cosine within the halves - mean cosine across > this (None: always)"
-    )
-    min_size: int = Field(2, ge=2, description="split only clusters with more than this many participating clients")
-    max_clusters: int | None = Field(None, ge=1, description="stop splitting at this many clusters (default: no cap)")
-    weighting: Literal["samples", "uniform"] = Field("samples", description="per-cluster average: by samples, or plain mean")
+from fldistill.methods.params import CFLParams
 
 
 @register
 class CFL(FedAvg):
     name = "cfl"
-    description = "CFL: FedAvg in clusters, recursive bi-partitioning by cosine similarity of updates when they cancel out"
-    Params = CFLParams
     params: CFLParams
 
     def __init__(self, ctx: RunContext, params: BaseModel) -> None:

@@ -51,12 +51,12 @@ hurts early rounds); 0 applies it at once.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from fldistill.cluster import agglomerative, cosine_matrix, kmeans_rows, labels_from_clusters
 from fldistill.engine.training import ModelState, Net, Objective, frozen_forward, get_state, objective, set_state, weighted_average
@@ -64,30 +64,10 @@ from fldistill.ledger import CLOUD, Kind, Payload, edge
 from fldistill.methods import register
 from fldistill.methods.base import RunContext
 from fldistill.methods.fedavg import FedAvg
+from fldistill.methods.params import CFLHKDParams
 from fldistill.seeding import torch_gen
 
 STREAM = 1_000_000  # edge round r of cloud round t trains on stream t + STREAM * r
-
-
-class CFLHKDParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    k: int = Field(4, ge=1, description="number of clusters (edge servers)")
-    edge_rounds: int = Field(2, ge=1, description="R_e: edge rounds (intra-cluster FedAvg) per cloud round")
-    warmup_rounds: int = Field(10, ge=0, description="R0: FedAvg rounds before clustering [INFERRED]")
-    clustering: Literal["agglomerative", "kmeans"] = Field("agglomerative", description="on the cosine similarity of updates")
-    recluster_every: int = Field(0, ge=0, description="re-cluster every M cloud rounds (0: never) [INFERRED, from HC3FL]")
-    lam: float = Field(0.5, ge=0, description="weight of the multi-teacher KD term [INFERRED]")
-    tau: float = Field(2.0, gt=0, description="distillation temperature [INFERRED]")
-    lam_warmup: int = Field(0, ge=0, description="ramp lam linearly over this many cloud rounds (0: at once)")
-    beta_global: float = Field(0.5, ge=0, le=1, description="teacher weight of the global model [INFERRED]")
-    beta_rest: Literal["size", "uniform"] = Field("size", description="how the other clusters share 1 - beta_global")
-    edge_init: Literal["keep", "global"] = Field(
-        "keep", description="an edge's model at a cloud round's start: its own (keep) or the global model [INFERRED]"
-    )
-    variant: Literal["a", "b"] = Field("a", description="b: also distil w_g on the cloud from the edge models (public set)")
-    distill_steps: int = Field(100, ge=1, description="variant b: Adam steps of the cloud distillation")
-    distill_batch: int = Field(128, ge=1, description="variant b: batch of the cloud distillation")
-    distill_lr: float = Field(1e-3, gt=0, description="variant b: Adam learning rate of the cloud distillation")
 
 
 @objective("cflhkd")
@@ -114,8 +94,6 @@ def _cflhkd(
 @register
 class CFLHKD(FedAvg):
     name = "cflhkd"
-    description = "CFLHKD (reconstructed): edge cluster models + cloud global model, multi-teacher KD in the local loss"
-    Params = CFLHKDParams
     params: CFLHKDParams
 
     @classmethod

@@ -28,7 +28,7 @@ counts. Round t:
    (``"uniform"``, the ablation without GLS); **GWF**: teacher weights ``α_g^y = n_g^y /
    sum_g' n_g'^y`` (``gwf="class"``) or ``1/M`` (``"uniform"``, the ablation without GWF);
 5. **universal expert distillation** with the shared data-free block (FedFTG's loop with
-   the group experts as teachers, :class:`~fldistill.methods.fedftg.DistillParams`),
+   the group experts as teachers, :class:`~fldistill.methods.params.DistillParams`),
    starting from the size-weighted average of the experts (``student_init="experts"``)
    or from ``θ_U^t`` (``"universal"``);
 6. ``θ_U^{t+1}`` goes to the next round's clients.
@@ -46,35 +46,23 @@ none). The generator and the distillation stay on the server.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from scipy.optimize import linear_sum_assignment
 
 from fldistill.cluster import agglomerative, cosine_matrix
-from fldistill.cluster.encrypt import Scheme, client_secret, encrypt, encrypted_size
-from fldistill.distill.datafree import LabelMode, WeightMode
+from fldistill.cluster.encrypt import client_secret, encrypt, encrypted_size
 from fldistill.engine.comm import ClientContext, InProcessComm, batched_task, task, train_task
 from fldistill.engine.state import Layout
 from fldistill.engine.training import ModelState, weighted_average
 from fldistill.ledger import Kind, Payload
 from fldistill.methods import register
 from fldistill.methods.base import RunContext
-from fldistill.methods.fedftg import DistillParams, FedFTG
-
-
-class DisUEParams(DistillParams):
-    groups: int = Field(5, ge=1, description="M, the number of groups (cluster experts) [INFERRED]")
-    linkage: Literal["complete", "average", "single"] = Field("complete", description="agglomerative linkage on 1 - cos")
-    freeze_after: int | None = Field(None, ge=1, description="stop re-clustering after this round (None: every round)")
-    encrypt: Scheme = Field("orthogonal", description="similarity encryption: orthogonal (exact), jl (approximate), none")
-    jl_dim: int = Field(1024, ge=8, description="jl: dimension m of the projection (the upload per client)")
-    counts: Literal["fresh", "all"] = Field("fresh", description="group label counts over the round's members or all members")
-    gls: LabelMode = Field("proportional", description="Group Label Sampler: proportional, balanced, or uniform (no GLS)")
-    gwf: WeightMode = Field("class", description="Group Weighting Factors: class (n_g^y share) or uniform (no GWF)")
-    student_init: Literal["experts", "universal"] = Field("experts", description="distillation starts from the experts' average or θ_U")
+from fldistill.methods.fedftg import FedFTG
+from fldistill.methods.params import DisUEParams
 
 
 def _float_layout(model: torch.nn.Module) -> Layout:
@@ -114,8 +102,6 @@ def disue_train_batched(comm: InProcessComm, requests: Mapping[int, Payload]) ->
 @register
 class DisUE(FedFTG):
     name = "disue"
-    description = "DisUE (reconstructed): group experts on encrypted update similarity, universal expert distilled data-free"
-    Params = DisUEParams  # type: ignore[assignment]
     params: DisUEParams  # type: ignore[assignment]
     task = "disue_train"
 

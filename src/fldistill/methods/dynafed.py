@@ -52,11 +52,11 @@ one.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel
 from torch.func import functional_call
 
 from fldistill.augment import DSA
@@ -66,64 +66,8 @@ from fldistill.ledger import Payload
 from fldistill.methods import register
 from fldistill.methods.base import RunContext
 from fldistill.methods.fedavg import FedAvg
+from fldistill.methods.params import DynaFedParams
 from fldistill.seeding import np_rng, torch_gen
-
-# Synthesis lengths per preset; explicit ``iterations`` / ``syn_steps`` win.
-PRESETS: dict[str, dict[str, int]] = {
-    "paper": {"iterations": 3000, "syn_steps": 20},
-    "cpu": {"iterations": 300, "syn_steps": 10},
-}
-
-
-class DynaFedParams(BaseModel):
-    """DynaFed's parameters (the code's experiment scripts unless noted)."""
-
-    model_config = ConfigDict(extra="forbid")
-    preset: Literal["paper", "cpu"] = Field("cpu", description="cpu: iterations=300, syn_steps=10; paper: 3000, 20")
-    L: int = Field(25, ge=2, description="synthesise at the first round with len(trajectory) >= L")
-    unweighted: bool = Field(True, description="equal-weight model averaging (the code); False: sample-weighted")
-    ipc: int = Field(15, ge=1, description="synthetic samples per class")
-    iterations: int | None = Field(None, ge=1, description="matching iterations (default: from preset)")
-    syn_steps: int | None = Field(None, ge=1, description="unrolled student steps per iteration (default: from preset)")
-    expert_epochs: int = Field(3, ge=1, description="target window: traj[s+1 .. s+expert_epochs]")
-    max_start_epoch: int = Field(50, ge=0)
-    weight_averaging: bool = Field(True, description="target = mean of k models of the window (else traj[s+expert_epochs])")
-    least_ave_num: int = Field(2, ge=1, description="smallest k of the weight averaging")
-    batch_syn: int | None = Field(None, ge=1, description="synthetic batch per student step (default: the whole set)")
-    lr_img: float = Field(0.05, gt=0)
-    lr_label: float = Field(0.01, gt=0)
-    lr_lr: float = Field(1e-5, gt=0)
-    lr_teacher: float = Field(0.04, gt=0, description="initial learnable syn_lr")
-    label_init: float = Field(0.0, description="initial label logits = label_init * one-hot")
-    finetune_epochs: int = Field(20, ge=0)
-    finetune_lr: float = Field(1e-4, gt=0)
-    finetune_batch: int = Field(256, ge=1)
-    bn_refresh_passes: int = Field(3, ge=0, description="no-grad passes over the synthetic set before fine-tuning (BN models)")
-    dsa: bool = True
-    dsa_strategy: str | None = Field(
-        None, description="default: color_crop_cutout_flip_scale_rotate (images), scale_shift_noise_stretch (1-D)"
-    )
-    dsa_mode: Literal["single", "multiple"] = "single"
-
-    @model_validator(mode="after")
-    def _resolve(self) -> DynaFedParams:
-        for key, value in PRESETS[self.preset].items():
-            if getattr(self, key) is None:
-                setattr(self, key, value)
-        if self.L < self.expert_epochs + 1:
-            raise ValueError(
-                f"L={self.L} must be at least expert_epochs + 1 = {self.expert_epochs + 1} "
-                "(the trajectory needs a start and a target window)"
-            )
-        return self
-
-    @property
-    def n_iterations(self) -> int:
-        return int(self.iterations if self.iterations is not None else PRESETS[self.preset]["iterations"])
-
-    @property
-    def n_syn_steps(self) -> int:
-        return int(self.syn_steps if self.syn_steps is not None else PRESETS[self.preset]["syn_steps"])
 
 
 def kd_loss(output: torch.Tensor, y_logits: torch.Tensor) -> torch.Tensor:
@@ -140,8 +84,6 @@ class DynaFed(FedAvg):
     """FedAvg plus one-off server-side trajectory-matching synthesis and per-round fine-tuning."""
 
     name = "dynafed"
-    description = "DynaFed: FedAvg + server-side data synthesis from the global trajectory, then per-round server fine-tune"
-    Params = DynaFedParams
 
     def __init__(self, ctx: RunContext, params: BaseModel) -> None:
         super().__init__(ctx, params)

@@ -19,11 +19,6 @@ class FedAvg(Method):
     """
 
     name = "fedavg"
-    description = "FedAvg: local SGD on sampled clients, sample-weighted model averaging"
-    # Tuned on mnist1d (100 IID clients of ~128 samples): with 8 local steps per round the
-    # average behaves like large-batch SGD, so it takes a larger lr than centralized
-    # training; lr 0.05 left FedAvg at 0.78 after 100 rounds, lr 0.15 reaches 0.92.
-    local_defaults = {"amount": 2, "lr": 0.15}
 
     task: str = "train"  # the client task run each round
     round_label: str = "local training"  # the progress bar of a round

@@ -30,52 +30,25 @@ reused by its student steps (the generator frozen in eval mode), as in the code.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
-from fldistill.distill.datafree import GeneratorLoss, LabelMode, LoopConfig, WeightMode, server_distill
+from fldistill.distill.datafree import GeneratorLoss, LoopConfig, server_distill
 from fldistill.engine.training import ModelState
 from fldistill.ledger import Payload
 from fldistill.methods import register
 from fldistill.methods.base import RunContext
 from fldistill.methods.fedavg import FedAvg
+from fldistill.methods.params import FedFTGParams, LabelMode, WeightMode
 from fldistill.models.generator import InputGenerator
 from fldistill.seeding import seed_for, seeded_build, torch_gen
-
-
-class DistillParams(BaseModel):
-    """The server-side data-free distillation (FedFTG's code defaults)."""
-
-    model_config = ConfigDict(extra="forbid")
-    iterations: int = Field(10, ge=0, description="distillation iterations per round (0: no distillation)")
-    batch: int = Field(50, ge=2, description="synthetic batch size")
-    student_steps: int = Field(5, ge=0, description="student SGD steps per iteration")
-    student_lr: float = Field(0.1, ge=0, description="student SGD learning rate (decays by lr_decay per round)")
-    gen_lr: float = Field(0.01, gt=0, description="generator Adam learning rate (decays by lr_decay per round)")
-    lr_decay: float = Field(0.998, gt=0, le=1, description="per-round decay of both learning rates")
-    distill_weight: float = Field(1.0, ge=0, description="weight of the student's loss (0: the student never moves)")
-    w_fidelity: float = Field(1.0, ge=0, description="generator: weight of the teachers' CE on the sampled labels")
-    w_hard: float = Field(1.0, ge=0, description="generator: weight of the hard-sample term (student-teacher L1 gap)")
-    w_div: float = Field(1.0, ge=0, description="generator: weight of the diversity term")
-    update: Literal["sequential", "joint"] = Field(
-        "sequential", description="one generator step per teacher (the code) or one step on their sum (vectorised)"
-    )
-    noise_dim: int = Field(100, ge=1, description="generator noise dimension (FedFTG: 100; 256 for CIFAR-100)")
-    gen_width: int = Field(64, ge=4, description="generator width ngf")
-
-
-class FedFTGParams(DistillParams):
-    labels: LabelMode = Field("proportional", description="label sampling: proportional (FedFTG), balanced, uniform")
-    weights: WeightMode = Field("class", description="teacher weights: class (n_k^y share, FedFTG) or uniform")
 
 
 @register
 class FedFTG(FedAvg):
     name = "fedftg"
-    description = "FedFTG: FedAvg, then server-side data-free fine-tuning of the global model with an input-space generator"
-    Params = FedFTGParams
     params: FedFTGParams
 
     def __init__(self, ctx: RunContext, params: BaseModel) -> None:

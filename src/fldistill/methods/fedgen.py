@@ -75,7 +75,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from fldistill.distill.datafree import GeneratorLoss, LoopConfig, Teachers, class_weights, datafree_loop, uniform_labels
 from fldistill.engine.training import ModelState, Net, Objective, objective
@@ -83,25 +83,9 @@ from fldistill.ledger import Payload
 from fldistill.methods import register
 from fldistill.methods.base import RunContext
 from fldistill.methods.fedavg import FedAvg
+from fldistill.methods.params import FedGenParams
 from fldistill.models.generator import LatentGenerator
 from fldistill.seeding import seed_for, seeded_build, torch_gen
-
-
-class FedGenParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    alpha: float = Field(1.0, ge=0, description="server: weight of the teachers' label-weighted CE (the code's ensemble_alpha)")
-    eta: float = Field(1.0, ge=0, description="server: weight of the exp diversity loss (ensemble_eta)")
-    gen_steps: int = Field(50, ge=0, description="generator Adam steps per round (0 = never train it)")
-    gen_batch: int = Field(32, ge=2, description="server: generated samples per generator step")
-    gen_lr: float = Field(3e-4, gt=0, description="generator Adam learning rate in round 1 (ensemble_lr)")
-    gen_lr_decay: float = Field(0.98, gt=0, le=1, description="generator learning rate factor per round (ExponentialLR gamma)")
-    gen_weight_decay: float = Field(1e-2, ge=0, description="generator Adam weight decay (the mnist config's weight_decay)")
-    noise_dim: int = Field(32, ge=1, description="dimension of the generator's uniform noise")
-    gen_hidden: int = Field(256, ge=1, description="width of the generator's hidden layer")
-    alpha_g: float = Field(10.0, ge=0, description="client: initial weight of the CE on generated latents (generative_alpha)")
-    beta_g: float = Field(10.0, ge=0, description="client: initial weight of the KL to the head on generated latents (generative_beta)")
-    reg_decay: float = Field(0.98, gt=0, le=1, description="client: factor per round of alpha_g and beta_g")
-    client_gen_batch: int = Field(32, ge=1, description="client: generated latents per local step (gen_batch_size)")
 
 
 def build_generator(model: torch.nn.Module, args: dict[str, Any]) -> LatentGenerator:
@@ -163,11 +147,7 @@ def _fedgen(
 @register
 class FedGen(FedAvg):
     name = "fedgen"
-    description = "FedGen: FedAvg + a server-trained latent generator that regularises local training (data-free KD)"
-    Params = FedGenParams
     params: FedGenParams
-    # FedGen's code settings for mnist (see the module docstring).
-    local_defaults = {"unit": "steps", "amount": 20, "lr": 0.01, "momentum": 0.0, "batch_size": 32}
 
     def __init__(self, ctx: RunContext, params: BaseModel) -> None:
         super().__init__(ctx, params)

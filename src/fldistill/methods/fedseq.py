@@ -20,23 +20,19 @@ order of the members is a fresh random permutation each round [INFERRED].
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from fldistill.cluster.knowledge import ClusteringParams, heterogeneous_clusters
+from fldistill.cluster.knowledge import heterogeneous_clusters
 from fldistill.engine.comm import ClientContext, task
 from fldistill.ledger import Kind, Payload
 from fldistill.methods import register
 from fldistill.methods.base import Method, RunContext
+from fldistill.methods.params import FedSeqParams
 from fldistill.seeding import np_rng
-
-
-class FedSeqParams(ClusteringParams):
-    clusters: Literal["hfldd", "random"] = "hfldd"
-    n_clusters: int = Field(10, ge=1, description="number of random clusters (clusters='random')")
 
 
 @task("forward_inbox")
@@ -49,12 +45,7 @@ def forward_inbox_task(ctx: ClientContext, req: Payload) -> Payload:
 @register
 class FedSeq(Method):
     name = "fedseq"
-    description = "FedSeq: the model travels a ring through each cluster (D2D), heads upload, the server averages"
-    Params = FedSeqParams
     needs_public = True
-    # A ring of ~10 clients is like centralized SGD over the cluster's data: one epoch per
-    # member (chains compound drift) and a centralized-like learning rate.
-    local_defaults = {"amount": 1, "lr": 0.05}
 
     @classmethod
     def uses_public(cls, params: FedSeqParams) -> bool:  # type: ignore[override]

@@ -36,34 +36,23 @@ Deviations and readings, all configurable:
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from fldistill.cluster import save_clustering
-from fldistill.cluster.knowledge import ClusteringParams, heterogeneous_clusters
+from fldistill.cluster.knowledge import heterogeneous_clusters
 from fldistill.distill import distill
 from fldistill.engine.comm import ClientContext, task
 from fldistill.ledger import Kind, Payload
 from fldistill.methods import register
 from fldistill.methods.base import RunContext
 from fldistill.methods.fedavg import FedAvg
+from fldistill.methods.params import HFLDDParams
 from fldistill.report.topology import plot_topology
 from fldistill.seeding import np_rng, torch_gen
-
-
-class HFLDDParams(ClusteringParams):
-    """HFLDD's own parameters (paper defaults unless noted)."""
-
-    distiller: Literal["kip", "dm", "random", "none"] = "kip"
-    distill_size: int = Field(400, ge=1, description="|D~_i|, capped at the member's sample count")
-    distill_params: dict[str, Any] = Field(default_factory=dict, description="KIPConfig/DMConfig fields, or preset='fast'")
-    # What to do when a head does not answer in a round (a lost Flower node): "skip" its
-    # cluster that round (it may come back), or "reassign": skip it, then make a seeded
-    # random live member the head, to which the other members send their data again.
-    on_lost_head: Literal["skip", "reassign"] = "skip"
 
 
 @task("distill")
@@ -81,12 +70,8 @@ class HFLDD(FedAvg):
     """HFLDD: the setup phases, then FedAvg whose clients are the cluster heads."""
 
     name = "hfldd"
-    description = "HFLDD: KL soft-label clustering, heterogeneous clusters, KIP-distilled data to heads, FedAvg among heads"
-    Params = HFLDDParams
     params: HFLDDParams
     needs_public = True
-    # Heads hold ~10 clients' data (40+ steps per epoch): they need centralized-like lr.
-    local_defaults = {"amount": 2, "lr": 0.05, "batch_size": 32}
     round_label = "heads"
 
     def __init__(self, ctx: RunContext, params: BaseModel) -> None:

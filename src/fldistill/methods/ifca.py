@@ -27,11 +27,11 @@ the client's training data.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from fldistill.engine.comm import ClientContext, InProcessComm, Unsupported, batched_task, task, train_task
 from fldistill.engine.selection import model_losses, pooled_model_losses
@@ -40,20 +40,8 @@ from fldistill.ledger import Kind, Payload
 from fldistill.methods import register
 from fldistill.methods.base import RunContext
 from fldistill.methods.fedavg import FedAvg
+from fldistill.methods.params import IFCAParams
 from fldistill.seeding import seed_for
-
-
-class IFCAParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    clusters: int = Field(4, ge=1, description="p, the number of cluster models")
-    weighting: Literal["samples", "uniform"] = Field(
-        "samples", description="per-cluster average: by sample counts, or the official scripts' plain mean"
-    )
-    init: Literal["random", "search"] = Field(
-        "random", description="search = find_good_initializer: re-draw until every cluster holds init_share of the clients"
-    )
-    init_share: float = Field(0.1, gt=0, le=1, description="smallest share of clients per cluster that init=search accepts")
-    init_tries: int = Field(20, ge=1, description="most initialisations init=search draws")
 
 
 def _cluster_states(req: Payload) -> list[ModelState]:
@@ -135,8 +123,6 @@ def ifca_train_batched(comm: InProcessComm, requests: Mapping[int, Payload]) -> 
 @register
 class IFCA(FedAvg):
     name = "ifca"
-    description = "IFCA: p cluster models, each client trains the one with the lowest loss on its data, per-cluster averaging"
-    Params = IFCAParams
     params: IFCAParams
     task = "ifca_train"
     round_label = "assign + local training"

@@ -41,12 +41,12 @@ Readings and deviations (see docs/methods.md):
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from fldistill.distill.datafree import GeneratorLoss, LoopConfig, Teachers, datafree_loop
 from fldistill.engine.training import ModelState, Net, Objective, frozen_forward, objective
@@ -54,26 +54,9 @@ from fldistill.ledger import Payload
 from fldistill.methods import register
 from fldistill.methods.base import RunContext
 from fldistill.methods.fedavg import FedAvg
+from fldistill.methods.params import KDIAParams
 from fldistill.models.generator import FeatureGenerator
 from fldistill.seeding import seed_for, seeded_build, torch_gen
-
-
-class KDIAParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    lambda_kd: float = Field(0.5, ge=0, description="weight of the KL term towards the teacher")
-    lambda_gen: float = Field(1.0, ge=0, description="weight of the head's cross-entropy on generated features")
-    temperature: float = Field(2.0, gt=0, description="distillation temperature tau (no tau^2 factor, as in the code)")
-    kl_direction: Literal["reverse", "forward"] = Field(
-        "reverse", description="reverse = KL(student||teacher) as coded; forward = KL(teacher||student) as in the figure"
-    )
-    gen_epochs: int = Field(20, ge=0, description="generator epochs per round (0 = never train it)")
-    gen_iters: int = Field(100, ge=1, description="generator steps per epoch")
-    gen_batch: int = Field(64, ge=2, description="generator batch size (split in halves for the diversity term)")
-    gen_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the generator")
-    gen_weight_decay: float = Field(1e-5, ge=0, description="Adam weight decay of the generator")
-    noise_dim: int = Field(100, ge=1, description="dimension of the generator's noise")
-    gen_hidden: int = Field(256, ge=8, description="width of the MLP generator (flat features)")
-    report: Literal["teacher", "student"] = Field("teacher", description="which model `accuracy` reports")
 
 
 def kl_term(s: torch.Tensor, t: torch.Tensor, tau: float, direction: str) -> torch.Tensor:
@@ -156,12 +139,7 @@ def teacher_weights(n: np.ndarray, cnt: np.ndarray, last: np.ndarray, t: int) ->
 @register
 class KDIA(FedAvg):
     name = "kdia"
-    description = "KDIA: student + teacher (inequitable aggregation over all clients) + server-trained feature generator"
-    Params = KDIAParams
     params: KDIAParams
-    # KDIA's code settings (run.sh): its setting is few clients per round under label skew,
-    # where FedAvg's mnist1d default (lr 0.15, 2 epochs) diverges (benchmarks/, issue 5).
-    local_defaults = {"amount": 10, "lr": 0.01, "batch_size": 64, "weight_decay": 1e-5}
 
     def __init__(self, ctx: RunContext, params: BaseModel) -> None:
         super().__init__(ctx, params)

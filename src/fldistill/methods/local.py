@@ -29,7 +29,6 @@ from pydantic import BaseModel
 from fldistill.engine import ClientContext, InProcessComm, Kind, ModelState, Payload, batched_task, task, train_task
 from fldistill.methods import register
 from fldistill.methods.base import Method, RunContext
-from fldistill.methods.fedavg import FedAvg
 
 
 def _as_state(reply: Payload) -> Payload:
@@ -56,8 +55,6 @@ class Local(Method):
     """Local training alone (no communication); see the module docstring."""
 
     name = "local"
-    description = "local training alone: each client trains its own model, nothing is sent (personalised baseline)"
-    local_defaults = dict(FedAvg.local_defaults)
 
     def __init__(self, ctx: RunContext, params: BaseModel) -> None:
         super().__init__(ctx, params)

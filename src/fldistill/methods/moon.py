@@ -22,21 +22,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
 from fldistill.engine.training import ModelState, Net, Objective, frozen_forward, objective
 from fldistill.ledger import Kind, Payload
 from fldistill.methods import register
 from fldistill.methods.base import RunContext
 from fldistill.methods.fedavg import FedAvg
+from fldistill.methods.params import MoonParams
 
 FEAT = "features."
-
-
-class MoonParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    mu: float = Field(5.0, ge=0, description="weight of the model-contrastive loss (paper/KDIA: 5)")
-    temperature: float = Field(0.5, gt=0, description="temperature tau of the contrastive loss")
 
 
 def _features_of(state: ModelState, prefix: str = FEAT) -> dict[str, torch.Tensor]:
@@ -76,8 +70,6 @@ def _moon(
 @register
 class Moon(FedAvg):
     name = "moon"
-    description = "MOON: FedAvg plus model-contrastive loss to the global and previous local model (params.mu, params.temperature)"
-    Params = MoonParams
     params: MoonParams
 
     def __init__(self, ctx: RunContext, params: MoonParams) -> None:

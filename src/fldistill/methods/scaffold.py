@@ -30,11 +30,10 @@ variates oscillate and grow when ``K_eff/K > 2``. ``params.steps = "momentum"``
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
 from fldistill.engine.comm import ClientContext, local_config_from, task, train_task
 from fldistill.engine.training import ModelState, Net, Objective, objective
@@ -42,15 +41,7 @@ from fldistill.ledger import Kind, Payload
 from fldistill.methods import register
 from fldistill.methods.base import RunContext
 from fldistill.methods.fedavg import FedAvg
-
-
-class ScaffoldParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    correction: bool = Field(True, description="use control variates; False is exactly FedAvg (nothing extra sent)")
-    steps: Literal["momentum", "plain"] = Field(
-        "momentum",
-        description="K in option II: 'momentum' = effective steps under SGD momentum (K when momentum=0), 'plain' = K",
-    )
+from fldistill.methods.params import ScaffoldParams
 
 
 def effective_steps(k: int, momentum: float) -> float:
@@ -100,14 +91,7 @@ def scaffold_train_task(ctx: ClientContext, req: Payload) -> Payload:
 @register
 class Scaffold(FedAvg):
     name = "scaffold"
-    description = "SCAFFOLD: FedAvg with server/client control variates (option II; params.correction, params.steps)"
-    Params = ScaffoldParams
     params: ScaffoldParams
-    # SCAFFOLD is stated for plain SGD. With FedAvg's defaults (lr 0.15, momentum 0.9) it
-    # diverged on mnist1d classes:2 (100 clients), as did lr 0.05 and 0.02 with momentum
-    # 0.9 and lr 0.15 without (checked against an independent plain-SGD reference);
-    # lr 0.05 without momentum is stable.
-    local_defaults = {"amount": 2, "lr": 0.05, "momentum": 0.0}
 
     def __init__(self, ctx: RunContext, params: ScaffoldParams) -> None:
         super().__init__(ctx, params)
