@@ -76,7 +76,7 @@ def test_list_models_matches_registry() -> None:
 
 def test_catalogue_counts_equal_the_built_models() -> None:
     """The torch-free catalogue (read by `list models`) stores counts; they must be the real ones."""
-    from fldistill.models.catalog import MODEL_CARDS
+    from fldistill.model_catalog import MODEL_CARDS
 
     assert list(MODEL_CARDS) == list(MODELS)
     for name, _, n_params in list_models():

@@ -55,7 +55,7 @@ def check_config(cfg: RunConfig) -> None:
     ConfigError, DataError
         One line naming the key, what was wrong and how to fix it.
     """
-    from fldistill.models.catalog import model_card
+    from fldistill.model_catalog import model_card
 
     info = dataset_info(cfg.dataset)
     method_params(cfg)

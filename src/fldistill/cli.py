@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,15 +63,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.resume:  # a new run's input errors are found before torch is imported (seconds on a busy machine)
         check_config(cfg)
         check_output_dir(out)
+    from fldistill.report.compare import last_k_label
     from fldistill.runner import Runner
 
     changes = explicit if args.resume else None  # a resume checks only what the user set against config.json
     runner = Runner(cfg, out, resume=args.resume, quiet=args.quiet, console=err_console, changes=changes)
     s = runner.run()
-    k = min(5, max(int(s["rounds"]), 1))
     console.print(
         f"[bold]{s['method']}[/] {s['dataset']} {s['partition']} N={s['clients']}: "
-        f"final acc {s['final_accuracy']:.4f} (mean of last {k}: {s['final_accuracy_mean5']:.4f}, best {s['best_accuracy']:.4f} "
+        f"final acc {s['final_accuracy']:.4f} ({last_k_label(int(s['rounds']))}: {s['final_accuracy_mean5']:.4f}, "
+        f"best {s['best_accuracy']:.4f} "
         f"at round {s['best_round']}), sent {_fmt_bits(s['total_bits'])}, {s['wall_s']:.1f} s "
         f"({s['seconds_per_round']:.3f} s/round) -> {out}"
     )
@@ -89,7 +90,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_rows(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]], markdown: bool) -> None:
+def _print_rows(title: str, columns: tuple[str, ...], rows: Sequence[tuple[str, ...]], markdown: bool) -> None:
     if markdown:
         esc = [tuple(c.replace("|", "\\|") for c in r) for r in rows]
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + ["| " + " | ".join(r) + " |" for r in esc]
@@ -126,7 +127,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         drows = [(d.name, str(d.n_classes or "from folder"), str(d.input_shape or "from folder"), d.description) for d in DATASETS.values()]
         _print_rows("datasets", ("dataset", "classes", "input shape", "source"), drows, args.markdown)
     elif args.what == "models":
-        from fldistill.models.catalog import MODEL_CARDS
+        from fldistill.model_catalog import MODEL_CARDS
 
         mrows = [(c.name, f"{c.parameters:,}", c.description) for c in MODEL_CARDS.values()]
         _print_rows("models", ("model", "parameters", "description"), mrows, args.markdown)

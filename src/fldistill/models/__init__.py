@@ -15,8 +15,8 @@ from torch import nn
 
 from fldistill.errors import ConfigError
 from fldistill.models.base import SplitModel, fmt_shape
-from fldistill.models.catalog import MODEL_CARDS, ModelCard, model_card
-from fldistill.models.catalog import default_model_for as _default_model_for
+from fldistill.model_catalog import MODEL_CARDS, ModelCard, model_card
+from fldistill.model_catalog import default_model_for as _default_model_for
 
 __all__ = [
     "MODELS",
@@ -31,7 +31,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registered model: its :class:`~fldistill.models.catalog.ModelCard` plus the builder.
+    """A registered model: its :class:`~fldistill.model_catalog.ModelCard` plus the builder.
 
     Attributes
     ----------
