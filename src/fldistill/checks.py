@@ -20,17 +20,19 @@ _PUBLIC = ("auto", "holdout", "shifted", "noise")
 
 def method_params(cfg: RunConfig) -> BaseModel:
     """Validate ``cfg.params`` against the method's own parameter model (torch-free)."""
-    from fldistill.methods.catalog import method_card
+    from fldistill.methods import METHODS
+    from fldistill.methods.catalog import CARDS, method_card
 
-    card = method_card(cfg.method)
+    # A method registered at run time (a plugin, a test's toy method) has no card: its class is already imported.
+    model = METHODS[cfg.method].Params if cfg.method in METHODS and cfg.method not in CARDS else method_card(cfg.method).params
     try:
-        return card.params.model_validate(cfg.params)
+        return model.model_validate(cfg.params)
     except ValidationError as err:
         e = err.errors()[0]
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            valid = ", ".join(card.params.model_fields) or "none"
-            hint = did_you_mean(key, card.params.model_fields)
+            valid = ", ".join(model.model_fields) or "none"
+            hint = did_you_mean(key, model.model_fields)
             raise ConfigError(f"method '{cfg.method}' has no parameter '{key}'{hint} (valid: {valid})") from None
         msg = str(e["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"invalid params.{key} for method '{cfg.method}': {msg} (got {e.get('input')!r})") from None

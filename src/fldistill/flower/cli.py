@@ -43,13 +43,15 @@ def add_flower_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _setup(args: argparse.Namespace) -> tuple[RunConfig, Path]:
+    from fldistill.checks import check_config
     from fldistill.cli import build_config
     from fldistill.flower import require_flwr
 
+    cfg = build_config(args)
+    check_config(cfg)  # input errors first, before flwr and torch are imported
     require_flwr()
     from fldistill.runner import Runner
 
-    cfg = build_config(args)
     out = Path(args.out) if args.out else Path("runs") / (cfg.run_name() + "-flower")
     Runner(cfg, out, quiet=True)  # every config check, before any process starts
     return cfg, out

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from fldistill.errors import ConfigError
-from fldistill.models.base import SplitModel, fmt_shape
 from fldistill.model_catalog import MODEL_CARDS, ModelCard, model_card
 from fldistill.model_catalog import default_model_for as _default_model_for
+from fldistill.models.base import SplitModel, fmt_shape
 
 __all__ = [
     "MODELS",
