@@ -72,7 +72,7 @@ def test_a_run_failing_before_its_first_round_leaves_no_folder(tmp_path: Path, c
     """The failure comes after the folder was made (the public set is sized against the loaded data)."""
     bad = ["run", "--method", "hfldd", "--dataset", "digits", "--clients", "4", "--rounds", "1", "--quiet", "--set", "public.size=5000"]
     assert "too large to hold out" in _one_line_error(capsys, [*bad, "--out", str(tmp_path / "new" / "r")])
-    assert not (tmp_path / "new" / "r").exists()
+    assert not (tmp_path / "new").exists()  # nor the parent it made
     kept = tmp_path / "kept"
     kept.mkdir()
     (kept / "notes.txt").write_text("mine")

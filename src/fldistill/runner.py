@@ -410,6 +410,9 @@ class Runner:
         """
         existed = self.out.exists()
         before = set(self.out.iterdir()) if existed and self.out.is_dir() else set()
+        top = self.out  # the outermost folder this run creates (make_output_dir makes parents too)
+        while not top.parent.exists() and top.parent != top:
+            top = top.parent
         try:
             yield
         except BaseException:
@@ -417,7 +420,7 @@ class Runner:
                 import shutil
 
                 if not existed:
-                    shutil.rmtree(self.out, ignore_errors=True)
+                    shutil.rmtree(top, ignore_errors=True)
                 elif self.out.is_dir():
                     for p in set(self.out.iterdir()) - before:
                         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)

@@ -116,7 +116,10 @@ def build_public(
         if size < 1:
             raise DataError(f"the training pool has {len(pool)} samples, too few to hold out a public set; use public.source=noise")
         if size >= len(pool) // 2:
-            raise ConfigError(f"public.size={size} is too large to hold out of {len(pool)} training samples")
+            raise ConfigError(
+                f"public.size={size} is too large to hold out of {len(pool)} training samples; "
+                f"use at most {len(pool) // 2 - 1}, or leave public.size unset ({min(DEFAULT_PUBLIC_SIZE, len(pool) // 10)} here)"
+            )
         ix = np_rng(seed, "public").choice(len(pool), size, replace=False)
         return pool.subset(np.sort(ix)), np.sort(ix)
     if src == "shifted":
