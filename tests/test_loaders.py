@@ -540,3 +540,54 @@ def test_a_forged_huge_header_reports_the_true_byte_count(tmp_path):
     expected = 16 + (2**32 - 1) ** 3
     msg = _check_raises(lambda: load_from_folder("mnist", tmp_path), f"expected {expected}")
     assert "-" not in msg.split("expected", 1)[1].split()[0]
+
+
+def test_the_public_set_is_verified_disjoint_from_client_data(tmp_path):
+    """public.source=dataset:NAME reads its own folder; the clients' files given there are refused by content."""
+    from fldistill.data.federation import build_public
+    from fldistill.data.registry import load_dataset
+
+    _write_idx(tmp_path / "clients", n_train=40, n_test=5)
+    _write_idx(tmp_path / "other", n_train=30, n_test=5)
+    pool, _ = load_dataset("mnist", str(tmp_path / "clients"))
+    public, used = build_public("dataset:fashion-mnist", 10, "mnist", pool, str(tmp_path / "clients"), 0, str(tmp_path / "other"))
+    assert len(public) == 10 and len(used) == 0
+    _check_raises(
+        lambda: build_public("dataset:fashion-mnist", 10, "mnist", pool, str(tmp_path / "clients"), 0, str(tmp_path / "clients")),
+        "10 of its 10 samples are also in the clients' training data",
+        "public.data_dir",
+    )
+    with pytest.raises(ConfigError, match="the clients' own dataset"):
+        build_public("dataset:mnist", 10, "mnist", pool, None, 0, str(tmp_path / "other"))
+
+
+def test_a_public_dataset_from_disk_needs_its_own_folder():
+    from fldistill.checks import check_config
+    from fldistill.config import parse_config
+
+    cfg = parse_config({"method": "hfldd", "dataset": "mnist1d", "public": {"source": "dataset:cifar10"}})
+    with pytest.raises(ConfigError, match="set public.data_dir"):
+        check_config(cfg)
+
+
+def test_an_installed_dataset_is_found_without_data_dir(tmp_path, monkeypatch):
+    """apt-get install dataset-fashion-mnist: read from its folder, recorded in the config; absent, the error says how to install it."""
+    import dataclasses
+
+    from fldistill.checks import check_config
+    from fldistill.config import parse_config
+    from fldistill.data import registry
+    from fldistill.runner import resolve_defaults
+
+    info = registry.DATASETS["fashion-mnist"]
+    assert info.system_dir == "/usr/share/datasets/fashion-mnist"
+    _write_idx(tmp_path / "sys")
+    monkeypatch.setitem(registry.DATASETS, "fashion-mnist", dataclasses.replace(info, system_dir=str(tmp_path / "sys")))
+    train, _ = registry.load_dataset("fashion-mnist")
+    assert len(train) == 5
+    cfg = parse_config({"dataset": "fashion-mnist"})
+    check_config(cfg)
+    assert resolve_defaults(cfg).data_dir == str(tmp_path / "sys")
+    monkeypatch.setitem(registry.DATASETS, "fashion-mnist", dataclasses.replace(info, system_dir=str(tmp_path / "absent")))
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        check_config(cfg)

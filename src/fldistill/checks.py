@@ -12,8 +12,8 @@ from pydantic import BaseModel, ValidationError
 from fldistill.config import RunConfig
 from fldistill.data.groups import parse_groups
 from fldistill.data.partition import parse_partition
-from fldistill.data.registry import check_data_dir, dataset_info
-from fldistill.errors import ConfigError, DataError, did_you_mean
+from fldistill.data.registry import check_data_dir, dataset_info, default_data_dir, missing_data_dir
+from fldistill.errors import ConfigError, did_you_mean
 
 _PUBLIC = ("auto", "holdout", "shifted", "noise")
 
@@ -67,7 +67,25 @@ def check_config(cfg: RunConfig) -> None:
     if cfg.model != "auto":
         model_card(cfg.model)
     check_public_source(cfg.public.source)
-    if not info.embedded and not cfg.data_dir:
-        raise DataError(f"dataset '{cfg.dataset}' is read from disk: pass --data-dir ({info.description})")
-    if not info.embedded and cfg.data_dir:
-        check_data_dir(cfg.data_dir)  # before the run folder is created
+    _check_public_dir(cfg)
+    if not info.embedded:
+        data_dir = cfg.data_dir or default_data_dir(cfg.dataset)
+        if not data_dir:
+            raise missing_data_dir(cfg.dataset)
+        check_data_dir(data_dir)  # before the run folder is created
+
+
+def _check_public_dir(cfg: RunConfig) -> None:
+    """A ``dataset:NAME`` public set read from disk needs its own folder (``public.data_dir`` or an installed copy)."""
+    if not cfg.public.source.startswith("dataset:"):
+        return
+    name = cfg.public.source.split(":", 1)[1]
+    if dataset_info(name).embedded:
+        return
+    folder = cfg.public.data_dir or default_data_dir(name)
+    if folder is None:
+        raise ConfigError(
+            f"public.source={cfg.public.source} is read from disk: set public.data_dir to the folder of its files "
+            "(the clients' --data-dir is never used for it, so the public set cannot be client data)"
+        )
+    check_data_dir(folder)

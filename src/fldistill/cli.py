@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape  # messages hold brackets ("fldistill[flower]") that are not markup
 from rich.table import Table
 
 from fldistill.config import RunConfig, apply_overrides, load_toml, parse_config
-from fldistill.errors import FLDistillError
+from fldistill.errors import ConfigError, FLDistillError
 
 # Piped or logged output gets 120 columns instead of rich's 80, so tables stay whole.
 console = Console(width=None if Console().is_terminal else 120)
@@ -147,6 +148,32 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fldistill.sweep import execute, parse_grid, parse_seeds, plan
+
+    base = explicit_config(args)
+    if args.seeds and "seed" in base:
+        raise ConfigError("give either --seed or --seeds, not both (--seeds 0,1,2 runs every grid point once per seed)")
+    seeds = parse_seeds(args.seeds) if args.seeds else [int(base.pop("seed", 0))]
+    base.pop("seed", None)
+    grid = parse_grid(args.grid or [])
+    cfg = parse_config(base)
+    out = Path(args.out) if args.out else Path("runs") / f"sweep-{cfg.run_name().rsplit('-s', 1)[0]}"
+    runs = plan(base, grid, seeds, out)
+    outcomes = execute(base, runs, out, workers=args.workers, console=err_console, quiet=args.quiet)
+    failed = [o for o in outcomes if o.status == "failed"]
+    for o in failed:
+        log = out / "logs" / f"{o.run.label}-s{o.run.seed}.log"
+        err_console.print(f"[red]failed:[/] {o.run.name}: {escape(o.message)} (log: {log})", highlight=False)
+    finished = [o.run.out for o in outcomes if o.status != "failed"]
+    if finished:
+        from fldistill.sweep import aggregate
+
+        console.print(aggregate(finished, out, target=args.target))
+        console.print(f"wrote {out}/sweep.md, sweep.csv, accuracy_bands.png; runs in {out}/<point>/s<seed>")
+    return 1 if failed else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the quickstart comparison: methods on mnist1d, 1 class per client, then compare."""
     from fldistill.report.compare import compare_runs, render_table
@@ -275,6 +302,20 @@ def make_parser() -> argparse.ArgumentParser:
     sh.add_argument("--rows", type=int, default=20, help="at most this many per-round rows (first, last and evenly spaced)")
     sh.set_defaults(fn=cmd_show)
 
+    sw = sub.add_parser(
+        "sweep",
+        help="a grid of config values x seeds, in parallel workers; aggregated over seeds",
+        description="Run a grid of config values times seeds (each an ordinary run), in parallel workers that split the cores. "
+        "Run the same command again to continue: finished runs are skipped, interrupted ones resume.",
+    )
+    add_config_flags(sw)
+    sw.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="a config key and its values; several --grid make a product")
+    sw.add_argument("--seeds", help="seeds of every grid point, e.g. 0,1,2 or 0-4 (default: the config's seed)")
+    sw.add_argument("--workers", type=int, help="runs at once (default: the cores this process may use); threads = cores // workers")
+    sw.add_argument("--target", type=float, help="target accuracy for rounds-to-target (default: as compare)")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.set_defaults(fn=cmd_sweep)
+
     d = sub.add_parser(
         "demo",
         help="the quickstart job: compare methods on mnist1d with 1 class per client",
@@ -299,8 +340,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.fn(args))
     except FLDistillError as err:
-        from rich.markup import escape  # messages hold brackets ("fldistill[flower]") that are not markup
-
         err_console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt as err:

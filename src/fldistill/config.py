@@ -69,6 +69,9 @@ class PublicConfig(_Strict):
     size: int | None = Field(
         None, ge=1, description="|D_g|; null = 1000, capped at 10% of the training pool when held out of it"
     )
+    data_dir: str | None = Field(
+        None, description="folder of dataset:NAME's files (never the clients' data_dir); null = where its system package put it"
+    )
 
 
 class FlowerConfig(_Strict):
@@ -233,14 +236,21 @@ def parse_config(data: dict[str, Any]) -> RunConfig:
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config file into a mapping (not yet validated)."""
+    """Read a TOML config file (or a ``.json`` one, e.g. a run's ``config.json``) into a mapping, not yet validated."""
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"config file {p} is a folder, not a file; pass a .toml file to --config")
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist; pass an existing .toml file to --config")
     try:
+        if p.suffix == ".json":
+            data = json.loads(p.read_text())
+            if not isinstance(data, dict):
+                raise ConfigError(f"config file {p} holds a JSON {type(data).__name__}, not an object of config keys")
+            return data
         return tomllib.loads(p.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"config file {p} is not valid JSON: {err}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"config file {p} is not valid TOML: {err}") from None
     except OSError as err:

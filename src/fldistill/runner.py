@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from fldistill.checks import check_config, method_params
 from fldistill.config import RunConfig
 from fldistill.data.federation import Federation, build_federation
-from fldistill.data.registry import dataset_info
+from fldistill.data.registry import dataset_info, default_data_dir
 from fldistill.engine.comm import Comm, InProcessComm
 from fldistill.engine.evaluation import PersonalEval, personal_eval
 from fldistill.engine.training import ModelState, evaluate, get_state
@@ -73,7 +73,10 @@ def resolve_defaults(cfg: RunConfig) -> RunConfig:
     # Method parameters are saved resolved too, so config.json alone reproduces the run
     # even if a default changes later.
     params = method_params(cfg).model_dump(mode="json")
-    return cfg.model_copy(update={"local": local, "params": params})
+    update: dict[str, Any] = {"local": local, "params": params}
+    if cfg.data_dir is None and not dataset_info(cfg.dataset).embedded:
+        update["data_dir"] = default_data_dir(cfg.dataset)  # the installed copy, recorded so config.json says what was read
+    return cfg.model_copy(update=update)
 
 
 def validate(cfg: RunConfig) -> None:
@@ -103,6 +106,7 @@ def federation_for(cfg: RunConfig) -> Federation:
         local_test_fraction=cfg.local_test_fraction,
         public_source=cfg.public.source if get_method(cfg.method).uses_public(params) else None,
         public_size=cfg.public.size,
+        public_dir=cfg.public.data_dir,
         device=torch.device(cfg.device),
         groups=cfg.groups,
     )

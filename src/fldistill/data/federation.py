@@ -97,15 +97,35 @@ def _norm_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 DEFAULT_PUBLIC_SIZE = 1000
 
 
+def shared_samples(a: np.ndarray, b: np.ndarray) -> int:
+    """How many samples (rows) of ``a`` also occur in ``b``, by content hash of their bytes."""
+    import hashlib
+
+    def digests(x: np.ndarray) -> list[bytes]:
+        rows = np.ascontiguousarray(x).reshape(len(x), -1)
+        return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in rows]
+
+    seen = set(digests(b))
+    return sum(d in seen for d in digests(a))
+
+
 def build_public(
-    source: str, size: int | None, dataset: str, pool: ArrayDataset, data_dir: str | None, seed: int
+    source: str,
+    size: int | None,
+    dataset: str,
+    pool: ArrayDataset,
+    data_dir: str | None,
+    seed: int,
+    public_dir: str | None = None,
 ) -> tuple[ArrayDataset, np.ndarray]:
     """Build the public auxiliary set.
 
     ``size=None`` is :data:`DEFAULT_PUBLIC_SIZE`, capped at a tenth of the training pool
     when the set is held out of it (so small datasets such as ``digits`` keep 90% for the
     clients). Returns the set and the pool indices it consumed (``holdout`` removes them
-    from the clients' pool so the public set stays disjoint).
+    from the clients' pool so the public set stays disjoint). ``dataset:NAME`` reads NAME
+    from ``public_dir`` (or where a system package installed it), never from the clients'
+    ``data_dir``, and refuses a set that shares any sample with the clients' pool.
     """
     src = source
     if src == "auto":
@@ -134,14 +154,23 @@ def build_public(
         return ArrayDataset(x, np.zeros(size, np.int64), pool.n_classes, "noise"), np.array([], dtype=np.int64)
     if src.startswith("dataset:"):
         other = src.split(":", 1)[1]
-        tr, _ = load_dataset(other, data_dir)
+        if other == dataset:
+            raise ConfigError(f"public.source={src} is the clients' own dataset; use public.source=holdout to hold a disjoint part out")
+        tr, _ = load_dataset(other, public_dir)  # its own folder: never the clients' --data-dir
         if tr.input_shape != pool.input_shape:
             raise ConfigError(
                 f"public.source={src} has inputs of shape {tr.input_shape}, the clients' data {pool.input_shape}; "
                 "pick a dataset of the same shape"
             )
         ix = np_rng(seed, "public").choice(len(tr), min(size, len(tr)), replace=False)
-        return tr.subset(np.sort(ix)), np.array([], dtype=np.int64)
+        public = tr.subset(np.sort(ix))
+        shared = shared_samples(public.x, pool.x)
+        if shared:
+            raise DataError(
+                f"public.source={src}: {shared} of its {len(public)} samples are also in the clients' training data "
+                f"(same content); point public.data_dir at the {other} files, not at the clients' ({data_dir})"
+            )
+        return public, np.array([], dtype=np.int64)
     raise ConfigError(f"unknown public.source '{source}'; use auto, holdout, shifted, noise or dataset:NAME")
 
 
@@ -156,6 +185,7 @@ def build_federation(
     local_test_fraction: float = 0.2,
     public_source: str | None = None,
     public_size: int | None = None,
+    public_dir: str | None = None,
     device: str | torch.device = "cpu",
     groups: str | None = None,
 ) -> Federation:
@@ -182,7 +212,7 @@ def build_federation(
     public = None
     keep = np.arange(len(train))
     if public_source is not None:
-        public, used = build_public(public_source, public_size, dataset, train, data_dir, seed)
+        public, used = build_public(public_source, public_size, dataset, train, data_dir, seed, public_dir)
         keep = np.setdiff1d(keep, used)
     pool = train.subset(keep) if len(keep) != len(train) else train
     parts = partition_indices(pool.y, spec, n_clients, seed_for(seed, "partition"))
