@@ -81,3 +81,33 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path: Path, capsys:
     err = " ".join(capsys.readouterr().err.split())
     assert "failed: local.lr-10000/s0: error: round" in err and "diverged" in err
     assert (out / "local.lr-0.05" / "s0" / "summary.json").exists()
+
+
+def test_the_validation_split_is_carved_from_the_clients_training_data() -> None:
+    """Without it the federation is the one built before; with it no client trains on its validation samples."""
+    import numpy as np
+
+    from fldistill.config import parse_config
+    from fldistill.runner import federation_for
+
+    f0 = federation_for(parse_config({"dataset": "digits", "clients": 4}))
+    f1 = federation_for(parse_config({"dataset": "digits", "clients": 4, "validation_fraction": 0.25}))
+    assert f0.client_val is None and f1.client_val is not None
+    for c in range(4):
+        assert np.array_equal(f0.client_test[c], f1.client_test[c])
+        assert np.array_equal(np.sort(np.concatenate([f1.client_train[c], f1.client_val[c]])), f0.client_train[c])
+        assert len(f1.client_val[c]) == len(f0.client_train[c]) // 4 and not set(f1.client_val[c]) & set(f1.client_train[c])
+
+
+def test_tune_scores_on_validation_and_writes_a_runnable_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "tu"
+    assert main(["tune", *TINY, "--grid", "local.lr=0.0001,0.1", "--workers", "2", "--out", str(out)]) == 0
+    recs = [json.loads(x) for x in (out / "local.lr-0.1" / "s0" / "metrics.jsonl").read_text().splitlines()]
+    assert all("val_accuracy" in r for r in recs)
+    assert json.loads((out / "local.lr-0.1" / "s0" / "config.json").read_text())["validation_fraction"] == 0.1
+    tuned = json.loads((out / "tuned.json").read_text())
+    assert tuned["local"]["lr"] == 0.1 and "validation_fraction" not in tuned and "seed" not in tuned
+    assert "chosen: local.lr=0.1" in capsys.readouterr().out
+    assert main(["run", "--config", str(out / "tuned.json"), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["local"]["lr"] == 0.1 and saved["validation_fraction"] == 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -174,6 +175,43 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from fldistill.sweep import TUNE_FRACTION, execute, parse_grid, parse_seeds, plan, score_points, tuned_config
+
+    base = explicit_config(args)
+    if not args.grid:
+        raise ConfigError("tune needs at least one --grid KEY=V1,V2 (e.g. --grid local.lr=0.01,0.05,0.15)")
+    fraction_was_set = "validation_fraction" in base
+    base.setdefault("validation_fraction", TUNE_FRACTION)
+    if float(base["validation_fraction"]) <= 0:
+        raise ConfigError("tune scores on a validation split: validation_fraction must be > 0 (default 0.1)")
+    seeds = parse_seeds(args.seeds) if args.seeds else [int(base.pop("seed", 0))]
+    base.pop("seed", None)
+    grid = parse_grid(args.grid)
+    cfg = parse_config(base)
+    out = Path(args.out) if args.out else Path("runs") / f"tune-{cfg.run_name().rsplit('-s', 1)[0]}"
+    runs = plan(base, grid, seeds, out)
+    outcomes = execute(base, runs, out, workers=args.workers, console=err_console, quiet=args.quiet)
+    scores = score_points(runs, last=5)
+    if not scores:
+        raise ConfigError(f"no grid point finished in {out} (see {out}/logs); nothing to choose from")
+    table = Table(title=f"tune {out}: validation accuracy (mean of the last 5 rounds, mean ± std over {len(seeds)} seed(s))")
+    for c in ("point", "val accuracy", "seeds"):
+        table.add_column(c)
+    for sc in scores:
+        table.add_row(sc.label, f"{sc.mean:.4f} ± {sc.std:.4f}", str(sc.seeds))
+    console.print(table)
+    best = scores[0]
+    tuned = tuned_config(base, best, fraction_was_set)
+    (out / "tuned.json").write_text(json.dumps(tuned, indent=2, sort_keys=True) + "\n")
+    chosen = ", ".join(f"{k}={v}" for k, v in best.overrides)
+    console.print(f"chosen: {chosen} (validation {best.mean:.4f}); run it with: fldistill run --config {out}/tuned.json", highlight=False)
+    failed = [o for o in outcomes if o.status == "failed"]
+    for o in failed:
+        err_console.print(f"[red]failed:[/] {o.run.name}: {escape(o.message)}", highlight=False)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the quickstart comparison: methods on mnist1d, 1 class per client, then compare."""
     from fldistill.report.compare import compare_runs, render_table
@@ -315,6 +353,19 @@ def make_parser() -> argparse.ArgumentParser:
     sw.add_argument("--target", type=float, help="target accuracy for rounds-to-target (default: as compare)")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(fn=cmd_sweep)
+
+    tu = sub.add_parser(
+        "tune",
+        help="choose config values on a validation split (never the test set): a sweep scored on val_accuracy",
+        description="Run a grid of values (x seeds) with a validation split carved from each client's training data, "
+        "score each point on it (mean of the last 5 rounds), and write the best config to OUT/tuned.json.",
+    )
+    add_config_flags(tu)
+    tu.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="a config key and its candidate values; several make a product")
+    tu.add_argument("--seeds", help="seeds of every candidate, e.g. 0,1 (default: the config's seed)")
+    tu.add_argument("--workers", type=int, help="runs at once (default: the cores this process may use)")
+    tu.add_argument("--quiet", action="store_true", help="no progress bar")
+    tu.set_defaults(fn=cmd_tune)
 
     d = sub.add_parser(
         "demo",

@@ -112,6 +112,9 @@ class RunConfig(_Strict):
     local_test_fraction: float = Field(
         0.2, ge=0, lt=1, description="each client's local test split for personalised evaluation (0 = none)"
     )
+    validation_fraction: float = Field(
+        0.0, ge=0, lt=1, description="share of each client's training data held out as a validation split (val_accuracy; tuning)"
+    )
     local: LocalConfig = Field(default_factory=LocalConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     public: PublicConfig = Field(default_factory=PublicConfig)

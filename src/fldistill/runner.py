@@ -107,6 +107,7 @@ def federation_for(cfg: RunConfig) -> Federation:
         public_source=cfg.public.source if get_method(cfg.method).uses_public(params) else None,
         public_size=cfg.public.size,
         public_dir=cfg.public.data_dir,
+        validation_fraction=cfg.validation_fraction,
         device=torch.device(cfg.device),
         groups=cfg.groups,
     )
@@ -314,9 +315,20 @@ class Runner:
             acc, loss = done[id(state)]
             pre = f"{key}_" if key else ""
             rec[f"{pre}accuracy"], rec[f"{pre}loss"] = acc, loss
+        if self.fed.client_val is not None:
+            rec.update(self._validation(method))
         if self._personal_round(t):
             rec.update(self._personal(method))
         return rec
+
+    def _validation(self, method: Method) -> dict[str, float]:
+        """The reported model (``accuracy``'s) on the union of the clients' validation splits: what tuning scores."""
+        ix = np.concatenate(self.fed.client_val or [])
+        if ix.size == 0:
+            return {}
+        t = torch.from_numpy(ix).to(self.fed.x.device)
+        acc, loss = evaluate(self.model, method.eval_states()[""], self.fed.x[t], self.fed.y[t], self.cfg.eval_batch_size)
+        return {"val_accuracy": acc, "val_loss": loss}
 
     # -- personalised evaluation -------------------------------------------------------
     def _personal_round(self, t: int) -> bool:

@@ -273,3 +273,50 @@ def aggregate(run_dirs: list[Path], out: Path, target: float | None = None) -> T
     write_seed_csv(rows, out / "sweep.csv")
     plot_seed_curves(groups, out / "accuracy_bands.png")
     return render_seed_table(rows, title=f"sweep {out}: mean ± std over seeds, 95% interval")
+
+
+TUNE_FRACTION = 0.1  # validation share of each client's training data when tuning (unless the config sets one)
+
+
+@dataclass(frozen=True)
+class PointScore:
+    """A grid point's validation score over seeds (mean of the last k rounds' ``val_accuracy``)."""
+
+    label: str
+    overrides: tuple[tuple[str, Any], ...]
+    mean: float
+    std: float
+    seeds: int
+
+
+def score_points(runs: list[SweepRun], last: int = 5) -> list[PointScore]:
+    """Score every grid point whose runs all finished, best first; the global test set is never read."""
+    import statistics
+
+    by_point: dict[str, list[SweepRun]] = {}
+    for r in runs:
+        by_point.setdefault(r.label, []).append(r)
+    scores = []
+    for label, point in by_point.items():
+        vals = []
+        for r in point:
+            if not (r.out / "summary.json").is_file():
+                break
+            recs = [json.loads(x) for x in (r.out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+            val = [float(x["val_accuracy"]) for x in recs if x.get("round", 0) >= 1 and "val_accuracy" in x]
+            if not val:
+                break
+            vals.append(sum(val[-last:]) / len(val[-last:]))
+        else:
+            std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            scores.append(PointScore(label, point[0].overrides, statistics.fmean(vals), std, len(vals)))
+    return sorted(scores, key=lambda s: -s.mean)
+
+
+def tuned_config(base: dict[str, Any], best: PointScore, fraction_was_set: bool) -> dict[str, Any]:
+    """The base config with the chosen values: what ``fldistill run --config tuned.json`` runs (on all training data)."""
+    cfg = run_config(base, SweepRun(best.label, 0, best.overrides, Path()))
+    cfg.pop("seed", None)
+    if not fraction_was_set:
+        cfg.pop("validation_fraction", None)  # tuning held data out; the tuned run trains on all of it
+    return cfg

@@ -59,6 +59,7 @@ class Federation:
     groups: str | None = None
     client_group: np.ndarray | None = None
     group_test: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    client_val: list[np.ndarray] | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -186,6 +187,7 @@ def build_federation(
     public_source: str | None = None,
     public_size: int | None = None,
     public_dir: str | None = None,
+    validation_fraction: float = 0.0,
     device: str | torch.device = "cpu",
     groups: str | None = None,
 ) -> Federation:
@@ -216,13 +218,20 @@ def build_federation(
         keep = np.setdiff1d(keep, used)
     pool = train.subset(keep) if len(keep) != len(train) else train
     parts = partition_indices(pool.y, spec, n_clients, seed_for(seed, "partition"))
-    tr_parts, te_parts = [], []
+    tr_parts, te_parts, val_parts = [], [], []
     for cid, ix in enumerate(parts):
         perm = np_rng(seed, "local-split", cid).permutation(ix)
         n_test = int(np.floor(len(ix) * local_test_fraction))
         if len(ix) - n_test < 1:
             raise ConfigError(f"client {cid} has {len(ix)} samples, too few for a local train/test split")
-        tr_parts.append(np.sort(perm[n_test:]))
+        train_ix = perm[n_test:]
+        if validation_fraction > 0:  # only then: without it the split is exactly the one built before
+            n_val = int(np.floor(len(train_ix) * validation_fraction))
+            if len(train_ix) - n_val < 1:
+                raise ConfigError(f"client {cid} has {len(train_ix)} training samples, too few to carve a validation split")
+            val_parts.append(np.sort(train_ix[:n_val]))
+            train_ix = train_ix[n_val:]
+        tr_parts.append(np.sort(train_ix))
         te_parts.append(np.sort(perm[:n_test]))
     mean, std = _norm_stats(pool.x)
     dev = torch.device(device)
@@ -243,7 +252,8 @@ def build_federation(
         for g in range(gspec.n_groups):
             # A pool sample belongs to one client only, so it is transformed once, in place.
             members = np.flatnonzero(client_group == g)
-            ix = np.concatenate([tr_parts[c] for c in members] + [te_parts[c] for c in members])
+            own = [tr_parts, te_parts, *([val_parts] if val_parts else [])]
+            ix = np.concatenate([parts[c] for parts in own for c in members])
             t = torch.from_numpy(ix).to(dev)
             x[t], y[t] = transform(x[t], y[t], gspec.kind, g, train.n_classes, seed)
             group_test.append(transform(x_test, y_test, gspec.kind, g, train.n_classes, seed))
@@ -264,4 +274,5 @@ def build_federation(
         groups=None if gspec is None else str(gspec),
         client_group=client_group,
         group_test=group_test,
+        client_val=val_parts if validation_fraction > 0 else None,
     )
