@@ -195,7 +195,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     scores = score_points(runs, last=5)
     if not scores:
         raise ConfigError(f"no grid point finished in {out} (see {out}/logs); nothing to choose from")
-    table = Table(title=f"tune {out}: validation accuracy (mean of the last 5 rounds, mean ± std over {len(seeds)} seed(s))")
+    k = min(5, int(cfg.rounds))
+    table = Table(title=f"tune {out}: validation accuracy (mean of the last {k} rounds; mean ± std over {len(seeds)} seed(s))")
     for c in ("point", "val accuracy", "seeds"):
         table.add_column(c)
     for sc in scores:
