@@ -1,7 +1,8 @@
 """Learning curves with bands over seeds: mean ± std of a metric per round, one panel per setting.
 
 Reads a suite's output (``OUT/<setting>/<label>-s<seed>/metrics.jsonl``) and writes
-``OUT/curves_<metric>.png``. Usage::
+``OUT/curves_<metric>.png``; the curves are :func:`fldistill.report.seeds.draw_seed_curves`
+(``fldistill compare`` draws the same bands for runs that differ only in seed). Usage::
 
     python benchmarks/seed_curves.py benchmarks/results/mnist1d-disue --metric accuracy
     python benchmarks/seed_curves.py benchmarks/results/mnist1d-disue --metric personalized_accuracy
@@ -10,11 +11,11 @@ Reads a suite's output (``OUT/<setting>/<label>-s<seed>/metrics.jsonl``) and wri
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 
-import numpy as np
+from fldistill.report.compare import load_run
+from fldistill.report.seeds import SeedGroup, draw_seed_curves
 
 
 def seeded_runs(setting: Path) -> dict[str, dict[int, Path]]:
@@ -27,21 +28,14 @@ def seeded_runs(setting: Path) -> dict[str, dict[int, Path]]:
     return out
 
 
-def curves(setting: Path, metric: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per label: rounds, mean and std over seeds of ``metric`` (rounds every seed logged)."""
-    runs: dict[str, list[dict[int, float]]] = {}
-    for label, by_seed in seeded_runs(setting).items():
-        for d in by_seed.values():
-            recs = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
-            pts = {int(r["round"]): float(r[metric]) for r in recs if metric in r and r["round"] >= 1}
-            if pts:
-                runs.setdefault(label, []).append(pts)
-    out = {}
-    for label, seeds in runs.items():
-        rounds = sorted(set.intersection(*(set(p) for p in seeds)))
-        vals = np.array([[p[r] for r in rounds] for p in seeds])
-        out[label] = (np.array(rounds), vals.mean(0), vals.std(0, ddof=1) if len(seeds) > 1 else np.zeros(len(rounds)))
-    return out
+def setting_groups(setting: Path, only: set[str] | None = None) -> list[SeedGroup]:
+    """The setting's runs as seed groups labelled by their folder names (``disue-nogls``), sorted by label."""
+    groups = []
+    for label, by_seed in sorted(seeded_runs(setting).items()):
+        if only is None or label in only:
+            records = [load_run(by_seed[s]) for s in sorted(by_seed)]
+            groups.append(SeedGroup(label=label, config=records[0].config, records=records, seeds=sorted(by_seed)))
+    return groups
 
 
 def main() -> None:
@@ -50,20 +44,13 @@ def main() -> None:
     ap.add_argument("--metric", default="accuracy")
     ap.add_argument("--only", help="comma-separated labels to draw (default: all)")
     a = ap.parse_args()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from fldistill.report.plots import plt  # Agg backend, set there
 
     settings = sorted(p for p in a.out.iterdir() if p.is_dir())
     fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4), squeeze=False)
-    keep = set(a.only.split(",")) if a.only else None
+    only = set(a.only.split(",")) if a.only else None
     for ax, s in zip(axes[0], settings):
-        for label, (r, m, sd) in sorted(curves(s, a.metric).items()):
-            if keep and label not in keep:
-                continue
-            (line,) = ax.plot(r, m, label=label, lw=1.2)
-            ax.fill_between(r, m - sd, m + sd, color=line.get_color(), alpha=0.15)
+        draw_seed_curves(ax, setting_groups(s, only), a.metric, first_round=1)  # round 0 (initial model) left out
         ax.set_title(s.name)
         ax.set_xlabel("round")
         ax.set_ylabel(f"{a.metric} (mean ± std over seeds)")

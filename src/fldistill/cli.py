@@ -84,11 +84,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from fldistill.errors import check_output_dir
     from fldistill.report.compare import compare_runs, render_table
+    from fldistill.report.seeds import SEED_OUTPUTS, render_seed_table
 
     out = check_output_dir(Path(args.out) if args.out else Path(args.runs[0]).parent / "compare")
-    rows = compare_runs([Path(r) for r in args.runs], out, target=args.target)
+    seed_rows: list[dict] = []
+    rows = compare_runs([Path(r) for r in args.runs], out, target=args.target, seed_rows=seed_rows)
     console.print(render_table(rows, title=f"comparison ({out})"))
-    console.print(f"wrote {out}/compare.md, compare.csv, accuracy_vs_round.png, accuracy_vs_bits.png")
+    written = "compare.md, compare.csv, accuracy_vs_round.png, accuracy_vs_bits.png"
+    if seed_rows:  # some runs differ only in seed: their statistics over seeds follow
+        console.print(render_seed_table(seed_rows, title="over seeds (runs that differ only in seed are grouped)"))
+        written += ", " + ", ".join(SEED_OUTPUTS)
+    console.print(f"wrote {out}/{written}")
     return 0
 
 

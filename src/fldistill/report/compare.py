@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,8 +279,36 @@ def load_run(run_dir: Path, skip_corrupt: bool = False) -> RunRecord:
         summary.setdefault("status", "complete")
     else:
         summary = computed
-    label = f"{summary.get('method', '?')} {summary.get('partition', '?')}"
-    return RunRecord(run_dir=run_dir, config=config, metrics=metrics, summary=summary, label=label, skipped_lines=skipped)
+    return RunRecord(run_dir=run_dir, config=config, metrics=metrics, summary=summary, label=base_label(summary), skipped_lines=skipped)
+
+
+def base_label(summary: dict) -> str:
+    """A run's label before disambiguation: ``"<method> <partition>"`` (``?`` for what the summary lacks)."""
+    return f"{summary.get('method', '?')} {summary.get('partition', '?')}"
+
+
+def metric_series(metrics: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(rounds, values) of a metrics key, skipping rows without a finite number for it.
+
+    Parameters
+    ----------
+    metrics : list of dict
+        Metrics rows, in round order.
+    key : str
+        Metric name, e.g. ``"accuracy"`` or ``"personalized_accuracy"``.
+
+    Returns
+    -------
+    tuple of list
+        Rounds and the values logged at them.
+    """
+    xs, ys = [], []
+    for row in metrics:
+        v = row.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            xs.append(int(row["round"]))
+            ys.append(float(v))
+    return xs, ys
 
 
 def rounds_to_target(metrics: list[dict], target: float) -> int | None:
@@ -327,42 +356,79 @@ def bits_to_target(metrics: list[dict], target: float) -> int | None:
     return _total_bits(row)
 
 
-def _disambiguate(records: list[RunRecord]) -> None:
-    """Make labels unique: append the seed, else the folder name, else an index."""
-    groups: dict[str, list[RunRecord]] = {}
-    for rec in records:
-        groups.setdefault(rec.label, []).append(rec)
-    for base, group in groups.items():
-        if len(group) == 1:
+def unique_labels(labels: list[str], suffixes: Sequence[Callable[[int], str]]) -> list[str]:
+    """Make equal labels unique: ``"<label> (<suffix>)"`` with the first suffix that tells them apart, else ``(#i)``.
+
+    Parameters
+    ----------
+    labels : list of str
+        Labels, some possibly equal.
+    suffixes : sequence of callable
+        Candidate suffixes, tried in order; each maps an item's index in ``labels`` to a string.
+        A candidate is used for a set of equal labels only if it makes all of them distinct.
+
+    Returns
+    -------
+    list of str
+        The labels, with unique ones left as they were.
+    """
+    out = list(labels)
+    same: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        same.setdefault(label, []).append(i)
+    for base, idx in same.items():
+        if len(idx) == 1:
             continue
-        for suffix in (
-            lambda r: f"seed={r.summary.get('seed')}",
-            lambda r: r.run_dir.name,
-        ):
-            cand = [f"{base} ({suffix(r)})" for r in group]
+        for suffix in suffixes:
+            cand = [f"{base} ({suffix(i)})" for i in idx]
             if len(set(cand)) == len(cand):
                 break
         else:
-            cand = [f"{base} (#{i + 1})" for i in range(len(group))]
-        for rec, new in zip(group, cand):
-            rec.label = new
+            cand = [f"{base} (#{j + 1})" for j in range(len(idx))]
+        for i, new in zip(idx, cand):
+            out[i] = new
+    return out
+
+
+def _disambiguate(records: list[RunRecord]) -> None:
+    """Make labels unique: append the seed, else the folder name, else an index."""
+    labels = unique_labels(
+        [r.label for r in records], [lambda i: f"seed={records[i].summary.get('seed')}", lambda i: records[i].run_dir.name]
+    )
+    for rec, label in zip(records, labels):
+        rec.label = label
+
+
+def pick_target(candidates: list[tuple[str, str, float]], what: str = "best accuracy", unit: str = "run") -> tuple[float, str]:
+    """The default target: 0.8 x the reference accuracy, and a sentence saying how it was chosen.
+
+    Parameters
+    ----------
+    candidates : list of (label, method, accuracy)
+        What the target may be taken from (runs, or groups of runs over seeds).
+    what : str
+        What ``accuracy`` is, for the sentence (``"best accuracy"``).
+    unit : str
+        What a candidate is, for the sentence (``"run"``; ``"group"``).
+
+    Returns
+    -------
+    tuple of (float, str)
+        The target (rounded to 10 decimals) and how it was chosen: from the best
+        centralized candidate when there is one, else from the best candidate.
+    """
+    central = [c for c in candidates if str(c[1]).lower() == "centralized"]
+    label, _, best = max(central or candidates, key=lambda c: c[2])
+    if central:
+        how = f"{TARGET_FRACTION:g} x {what} of the centralized {unit} '{label}' ({best:.4f})"
+    else:
+        how = f"{TARGET_FRACTION:g} x the highest {what} among the {unit}s, '{label}' ({best:.4f}); no centralized run was given"
+    return round(TARGET_FRACTION * best, 10), how  # round off float noise (0.7200000000000001)
 
 
 def _default_target(records: list[RunRecord]) -> tuple[float, str]:
     """Target accuracy and a sentence saying how it was chosen."""
-    central = [r for r in records if str(r.summary.get("method", "")).lower() == "centralized"]
-    if central:
-        ref = max(central, key=lambda r: float(r.summary["best_accuracy"]))
-        best = float(ref.summary["best_accuracy"])
-        how = f"{TARGET_FRACTION:g} x best accuracy of the centralized run '{ref.label}' ({best:.4f})"
-    else:
-        ref = max(records, key=lambda r: float(r.summary["best_accuracy"]))
-        best = float(ref.summary["best_accuracy"])
-        how = (
-            f"{TARGET_FRACTION:g} x the highest best accuracy among the runs, '{ref.label}' ({best:.4f}); "
-            "no centralized run was given"
-        )
-    return round(TARGET_FRACTION * best, 10), how  # round off float noise (0.7200000000000001)
+    return pick_target([(r.label, str(r.summary.get("method", "")), float(r.summary["best_accuracy"])) for r in records])
 
 
 def _row(rec: RunRecord, target: float, target_how: str = "") -> dict[str, Any]:
@@ -572,8 +638,8 @@ def _write_csv(rows: list[dict], path: Path) -> None:
             writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
 
 
-def compare_runs(run_dirs: list[Path], out_dir: Path, target: float | None = None) -> list[dict]:
-    """Compare runs: table, CSV and overlay plots.
+def compare_runs(run_dirs: list[Path], out_dir: Path, target: float | None = None, seed_rows: list[dict] | None = None) -> list[dict]:
+    """Compare runs: table, CSV and overlay plots, and statistics over seeds when some runs differ only in seed.
 
     Parameters
     ----------
@@ -581,10 +647,16 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, target: float | None = Non
         Run folders (complete or interrupted).
     out_dir : Path
         Folder for ``compare.md``, ``compare.csv``, ``accuracy_vs_round.png`` and
-        ``accuracy_vs_bits.png`` (created if needed).
+        ``accuracy_vs_bits.png`` (created if needed). When some runs differ only in their
+        seed (:func:`fldistill.report.seeds.group_runs`), also ``compare_seeds.md``,
+        ``compare_seeds.csv`` and ``accuracy_bands.png`` (mean ± std over seeds per group).
     target : float, optional
         Target accuracy. Default: 0.8 x the best accuracy of the centralized run if one
-        is given, else 0.8 x the highest best accuracy among the runs.
+        is given, else 0.8 x the highest best accuracy among the runs (the seed table
+        chooses its default the same way over the groups' mean best accuracies).
+    seed_rows : list, optional
+        When given, the seed-table rows (:func:`fldistill.report.seeds.seed_table`) are
+        appended to it; none when no group has 2+ seeds.
 
     Returns
     -------
@@ -597,12 +669,17 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, target: float | None = Non
     ------
     DataError
         No run folders, or one of them cannot be loaded.
+    ConfigError
+        Two runs with the same config have the same seed (it would count twice over seeds).
     """
     from fldistill.report.plots import plot_overlay  # matplotlib only when needed
+    from fldistill.report.seeds import group_runs, write_seed_outputs
 
     if not run_dirs:
         raise DataError("no run folders given; pass one or more folders written by 'fldistill run'")
     records = [load_run(Path(d)) for d in run_dirs]
+    groups = group_runs(records)  # before writing anything: a seed given twice is refused
+    explicit = target
     _disambiguate(records)
     if target is None:
         target, how = _default_target(records)
@@ -617,4 +694,7 @@ def compare_runs(run_dirs: list[Path], out_dir: Path, target: float | None = Non
     _write_markdown(rows, out_dir / "compare.md", target_line)
     _write_csv(rows, out_dir / "compare.csv")
     plot_overlay(records, out_dir, target=target)
+    over_seeds = write_seed_outputs(groups, out_dir, target=explicit)
+    if seed_rows is not None:
+        seed_rows.extend(over_seeds)
     return rows

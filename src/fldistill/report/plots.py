@@ -13,23 +13,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import EngFormatter, FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
+from fldistill.report.compare import metric_series as _series  # noqa: E402
+
 if TYPE_CHECKING:
     from fldistill.report.compare import RunRecord
 
 # Log-scale the bits axis when the positive values span more than this many decades.
 LOG_DECADES = 2.0
 DPI = 120
-
-
-def _series(metrics: list[dict], key: str) -> tuple[list[float], list[float]]:
-    """(rounds, values) of a metrics key, skipping rows without a finite value."""
-    xs, ys = [], []
-    for row in metrics:
-        v = row.get(key)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            xs.append(row["round"])
-            ys.append(float(v))
-    return xs, ys
 
 
 # Personalised accuracy (each client's model on its local test split) and its worst 10%:
