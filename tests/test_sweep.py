@@ -79,7 +79,7 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path: Path, capsys:
     args = ["sweep", *TINY, "--grid", "local.lr=0.05,10000", "--seeds", "0", "--workers", "1", "--out", str(out)]
     assert main(args) == 1
     err = " ".join(capsys.readouterr().err.split())
-    assert "failed: local.lr-10000/s0: error: round" in err and "diverged" in err
+    assert "failed: local.lr-10000/s0: error:" in err and "lower local.lr" in err
     assert (out / "local.lr-0.05" / "s0" / "summary.json").exists()
 
 

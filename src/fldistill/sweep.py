@@ -148,11 +148,13 @@ def check_manifest(out: Path, base: dict[str, Any]) -> None:
     path = out / MANIFEST
     if not path.is_file():
         return
-    saved = json.loads(path.read_text()).get("base")
-    if saved != base:
-        from fldistill.runner import _diff
+    from fldistill.runner import _diff
 
-        what = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(_diff(saved, base).items()))
+    # Compared as full configs, so a key given explicitly at its default is no change.
+    saved = parse_config(json.loads(path.read_text()).get("base") or {}).model_dump(mode="json")
+    diff = _diff(saved, parse_config(base).model_dump(mode="json"))
+    if diff:
+        what = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
         raise ConfigError(f"sweep folder {out} holds a sweep of another base config ({what}); use another --out")
 
 
@@ -208,20 +210,19 @@ def execute(
     outcomes: list[Outcome] = []
     pending: list[tuple[SweepRun, bool]] = []
     for r in runs:
-        if (r.out / "summary.json").is_file():
+        if _finished(r, base):
             outcomes.append(Outcome(r, "skipped", message="finished earlier"))
-        else:
+        else:  # interrupted, or finished with fewer rounds: the resume continues it (and refuses any other change)
             pending.append((r, (r.out / "checkpoint" / "state.safetensors").is_file()))
     cores = available_cores()
     n_workers = max(1, min(workers or cores, len(pending) or 1))
     threads = max(1, cores // n_workers)
     env = worker_env(threads)
-    if not quiet:
-        console.print(
-            f"sweep: {len(runs)} runs, {len(outcomes)} finished earlier, {sum(res for _, res in pending)} to resume; "
-            f"{n_workers} workers x {threads} threads on {cores} cores",
-            highlight=False,
-        )
+    console.print(  # one line even when quiet: what will run, and how the cores are split
+        f"sweep: {len(runs)} runs, {len(outcomes)} finished earlier, {sum(res for _, res in pending)} to resume; "
+        f"{n_workers} workers x {threads} threads on {cores} cores",
+        highlight=False,
+    )
     running: dict[subprocess.Popen[bytes], tuple[SweepRun, bool, float]] = {}
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*cols, console=console, disable=quiet) as progress:
@@ -254,6 +255,14 @@ def execute(
             raise KeyboardInterrupt("sweep interrupted; run the same command again to continue (finished runs are kept)") from None
     order = {r.out: i for i, r in enumerate(runs)}
     return sorted(outcomes, key=lambda o: order[o.run.out])
+
+
+def _finished(run: SweepRun, base: dict[str, Any]) -> bool:
+    """The run has its summary for at least the sweep's number of rounds."""
+    if not (run.out / "summary.json").is_file() or not (run.out / "config.json").is_file():
+        return False
+    saved = json.loads((run.out / "config.json").read_text())
+    return int(saved.get("rounds", 0)) >= parse_config(run_config(base, run)).rounds
 
 
 def _last_error(log: Path) -> str:
