@@ -150,3 +150,18 @@ def test_cards_are_frozen() -> None:
     assert isinstance(card, MethodCard)
     with pytest.raises(AttributeError):
         card.description = "x"  # type: ignore[misc]
+
+
+def test_dataset_families_and_per_family_defaults() -> None:
+    """Defaults are tuned per dataset family; a family without overrides gets the card's defaults unchanged."""
+    from fldistill.methods.catalog import CARDS, dataset_family
+    from fldistill.runner import local_defaults_for
+
+    assert [dataset_family(s) for s in ((40,), (1, 8, 8), (1, 28, 28), (3, 32, 32), ())] == ["signal", "digits", "gray28", "color32", "color32"]
+    for name, card in CARDS.items():
+        assert card.defaults_for("signal") == dict(card.local_defaults), name  # the mnist1d tuning is the base
+        for fam, over in card.family_defaults.items():
+            assert card.defaults_for(fam) == {**card.local_defaults, **over}
+    assert local_defaults_for("fedavg", "mnist1d") == {"amount": 2, "lr": 0.15}
+    with pytest.raises(ValueError, match="unknown dataset families"):
+        MethodCard("x", "x", BaseModel, {}, {"grey": {"lr": 0.1}})

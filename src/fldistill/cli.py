@@ -128,7 +128,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             if prows:
                 _print_rows("", ("parameter", "type", "default", "meaning"), prows, False)
             local = ", ".join(f"local.{k}={v}" for k, v in card.local_defaults.items())
-            console.print(f"  local defaults: {local or 'the config defaults'}\n", highlight=False)
+            fams = "".join(
+                f"; on {fam} data: " + ", ".join(f"local.{k}={v}" for k, v in over.items()) for fam, over in card.family_defaults.items()
+            )
+            console.print(f"  local defaults: {local or 'the config defaults'}{fams}\n", highlight=False)
     elif args.what == "datasets":
         from fldistill.data.registry import DATASETS
 

@@ -64,9 +64,18 @@ def resolve_model_name(cfg: RunConfig) -> str:
     return default_model_for(cfg.dataset) if cfg.model == "auto" else cfg.model
 
 
+def local_defaults_for(method: str, dataset: str) -> dict[str, Any]:
+    """A method's tuned local-training defaults on ``dataset``'s family (a run-time registered method: its class's)."""
+    from fldistill.methods.catalog import CARDS, dataset_family
+
+    if method in CARDS:
+        return CARDS[method].defaults_for(dataset_family(dataset_info(dataset).input_shape))
+    return dict(get_method(method).local_defaults)
+
+
 def resolve_defaults(cfg: RunConfig) -> RunConfig:
     """Fill unset ``local`` fields with the method's tuned defaults; resolve ``params``."""
-    defaults = get_method(cfg.method).local_defaults
+    defaults = local_defaults_for(cfg.method, cfg.dataset)
     unset = {k: v for k, v in defaults.items() if k not in cfg.local.model_fields_set}
     local = cfg.local.model_copy(update=unset)
     local = type(cfg.local).model_validate(local.model_dump())  # all fields now explicit

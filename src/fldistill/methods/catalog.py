@@ -16,6 +16,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any
 
 from pydantic import BaseModel
@@ -61,10 +62,38 @@ class MethodCard:
     description: str
     params: type[BaseModel]
     local_defaults: Mapping[str, Any]
+    family_defaults: Mapping[str, Mapping[str, Any]] = dc_field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Frozen all the way down: the class attribute Method.local_defaults is this object.
         object.__setattr__(self, "local_defaults", types.MappingProxyType(dict(self.local_defaults)))
+        unknown = set(self.family_defaults) - set(FAMILIES)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown dataset families {sorted(unknown)}; use {FAMILIES}")
+        fam = {f: types.MappingProxyType(dict(v)) for f, v in self.family_defaults.items()}
+        object.__setattr__(self, "family_defaults", types.MappingProxyType(fam))
+
+    def defaults_for(self, family: str) -> dict[str, Any]:
+        """The local-training defaults on a dataset family: the card's, with the family's overrides on top."""
+        return {**self.local_defaults, **self.family_defaults.get(family, {})}
+
+
+# Dataset families (by input shape): the tuned defaults of a method can differ between them.
+FAMILIES = ("signal", "digits", "gray28", "color32")
+
+
+def dataset_family(input_shape: tuple[int, ...]) -> str:
+    """The family of a dataset from its input shape: 1-D signals, 8x8 digits, 28x28 grey, 32x32 colour.
+
+    Shapes outside these (or unknown before loading, ``()``: image folders) count as colour images.
+    """
+    if len(input_shape) == 1:
+        return "signal"
+    if tuple(input_shape) == (1, 8, 8):
+        return "digits"
+    if len(input_shape) == 3 and input_shape[0] == 1:
+        return "gray28"
+    return "color32"
 
 
 # Tuned on mnist1d (100 IID clients of ~128 samples): with 8 local steps per round the
