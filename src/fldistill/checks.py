@@ -20,11 +20,9 @@ _PUBLIC = ("auto", "holdout", "shifted", "noise")
 
 def method_params(cfg: RunConfig) -> BaseModel:
     """Validate ``cfg.params`` against the method's own parameter model (torch-free)."""
-    from fldistill.methods import METHODS
-    from fldistill.methods.catalog import CARDS, method_card
+    from fldistill.methods.catalog import method_spec
 
-    # A method registered at run time (a plugin, a test's toy method) has no card: its class is already imported.
-    model = METHODS[cfg.method].Params if cfg.method in METHODS and cfg.method not in CARDS else method_card(cfg.method).params
+    model = method_spec(cfg.method).params
     try:
         return model.model_validate(cfg.params)
     except ValidationError as err:

@@ -158,34 +158,38 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
+def _sweep_runs(args: argparse.Namespace, base: dict[str, Any], kind: str) -> tuple[Path, list[Any], list[Any], list[int]]:
+    """Plan and execute the runs of a ``sweep`` or ``tune`` command: (out, runs, outcomes, seeds)."""
     from fldistill.sweep import execute, parse_grid, parse_seeds, plan
 
-    base = explicit_config(args)
     if args.seeds and "seed" in base:
         raise ConfigError("give either --seed or --seeds, not both (--seeds 0,1,2 runs every grid point once per seed)")
     seeds = parse_seeds(args.seeds) if args.seeds else [int(base.pop("seed", 0))]
     base.pop("seed", None)
     grid = parse_grid(args.grid or [])
-    cfg = parse_config(base)
-    out = Path(args.out) if args.out else Path("runs") / f"sweep-{cfg.run_name().rsplit('-s', 1)[0]}"
+    out = Path(args.out) if args.out else Path("runs") / f"{kind}-{parse_config(base).run_name().rsplit('-s', 1)[0]}"
     runs = plan(base, grid, seeds, out)
     outcomes = execute(base, runs, out, workers=args.workers, console=err_console, quiet=args.quiet)
-    failed = [o for o in outcomes if o.status == "failed"]
-    for o in failed:
-        log = out / "logs" / f"{o.run.label}-s{o.run.seed}.log"
-        err_console.print(f"[red]failed:[/] {o.run.name}: {escape(o.message)} (log: {log})", highlight=False)
+    for o in outcomes:
+        if o.status == "failed":
+            err_console.print(f"[red]failed:[/] {o.run.name}: {escape(o.message)} (log: {o.run.log(out)})", highlight=False)
+    return out, runs, outcomes, seeds
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    base = explicit_config(args)
+    out, _, outcomes, _ = _sweep_runs(args, base, "sweep")
     finished = [o.run.out for o in outcomes if o.status != "failed"]
     if finished:
         from fldistill.sweep import aggregate
 
         console.print(aggregate(finished, out, target=args.target))
         console.print(f"wrote {out}/sweep.md, sweep.csv, accuracy_bands.png; runs in {out}/<point>/s<seed>")
-    return 1 if failed else 0
+    return 1 if len(finished) < len(outcomes) else 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from fldistill.sweep import TUNE_FRACTION, execute, parse_grid, parse_seeds, plan, score_points, tuned_config
+    from fldistill.sweep import TUNE_FRACTION, score_points, tuned_config
 
     base = explicit_config(args)
     if not args.grid:
@@ -194,17 +198,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     base.setdefault("validation_fraction", TUNE_FRACTION)
     if float(base["validation_fraction"]) <= 0:
         raise ConfigError("tune scores on a validation split: validation_fraction must be > 0 (default 0.1)")
-    seeds = parse_seeds(args.seeds) if args.seeds else [int(base.pop("seed", 0))]
-    base.pop("seed", None)
-    grid = parse_grid(args.grid)
-    cfg = parse_config(base)
-    out = Path(args.out) if args.out else Path("runs") / f"tune-{cfg.run_name().rsplit('-s', 1)[0]}"
-    runs = plan(base, grid, seeds, out)
-    outcomes = execute(base, runs, out, workers=args.workers, console=err_console, quiet=args.quiet)
+    out, runs, _, seeds = _sweep_runs(args, base, "tune")
     scores = score_points(runs, last=5)
     if not scores:
         raise ConfigError(f"no grid point finished in {out} (see {out}/logs); nothing to choose from")
-    k = min(5, int(cfg.rounds))
+    k = min(5, parse_config(base).rounds)
     table = Table(title=f"tune {out}: validation accuracy (mean of the last {k} rounds; mean ± std over {len(seeds)} seed(s))")
     for c in ("point", "val accuracy", "seeds"):
         table.add_column(c)
@@ -212,13 +210,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
         table.add_row(sc.label, f"{sc.mean:.4f} ± {sc.std:.4f}", str(sc.seeds))
     console.print(table)
     best = scores[0]
-    tuned = tuned_config(base, best, fraction_was_set)
-    (out / "tuned.json").write_text(json.dumps(tuned, indent=2, sort_keys=True) + "\n")
-    chosen = ", ".join(f"{k}={v}" for k, v in best.overrides)
+    (out / "tuned.json").write_text(json.dumps(tuned_config(base, best, fraction_was_set), indent=2, sort_keys=True) + "\n")
+    chosen = ", ".join(f"{key}={v}" for key, v in best.overrides)
     console.print(f"chosen: {chosen} (validation {best.mean:.4f}); run it with: fldistill run --config {out}/tuned.json", highlight=False)
-    failed = [o for o in outcomes if o.status == "failed"]
-    for o in failed:
-        err_console.print(f"[red]failed:[/] {o.run.name}: {escape(o.message)}", highlight=False)
     return 0
 
 
@@ -291,6 +285,15 @@ def add_config_flags(r: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_sweep_flags(p: argparse.ArgumentParser) -> None:
+    """The flags ``sweep`` and ``tune`` share: the run's flags, the grid, the seeds and the workers."""
+    add_config_flags(p)
+    p.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="a config key and its values; several --grid make a product")
+    p.add_argument("--seeds", help="seeds of every grid point, e.g. 0,1,2 or 0-4 (default: the config's seed)")
+    p.add_argument("--workers", type=int, help="runs at once (default: the cores this process may use); threads = cores // workers")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 class _HelpFormatter(argparse.HelpFormatter):
     """Appends ``(default: X)`` to options whose default means something (not None or False)."""
 
@@ -356,12 +359,8 @@ def make_parser() -> argparse.ArgumentParser:
         description="Run a grid of config values times seeds (each an ordinary run), in parallel workers that split the cores. "
         "Run the same command again to continue: finished runs are skipped, interrupted ones resume.",
     )
-    add_config_flags(sw)
-    sw.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="a config key and its values; several --grid make a product")
-    sw.add_argument("--seeds", help="seeds of every grid point, e.g. 0,1,2 or 0-4 (default: the config's seed)")
-    sw.add_argument("--workers", type=int, help="runs at once (default: the cores this process may use); threads = cores // workers")
+    _add_sweep_flags(sw)
     sw.add_argument("--target", type=float, help="target accuracy for rounds-to-target (default: as compare)")
-    sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(fn=cmd_sweep)
 
     tu = sub.add_parser(
@@ -370,11 +369,7 @@ def make_parser() -> argparse.ArgumentParser:
         description="Run a grid of values (x seeds) with a validation split carved from each client's training data, "
         "score each point on it (mean of the last 5 rounds), and write the best config to OUT/tuned.json.",
     )
-    add_config_flags(tu)
-    tu.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="a config key and its candidate values; several make a product")
-    tu.add_argument("--seeds", help="seeds of every candidate, e.g. 0,1 (default: the config's seed)")
-    tu.add_argument("--workers", type=int, help="runs at once (default: the cores this process may use)")
-    tu.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_sweep_flags(tu)
     tu.set_defaults(fn=cmd_tune)
 
     d = sub.add_parser(

@@ -185,18 +185,35 @@ def _describe(err: ValidationError) -> str:
     return f"invalid value for '{loc}': {msg} (got {e.get('input')!r})"
 
 
-def _type_text(ann: Any) -> str:
-    """A short readable type: ``int``, ``float | null``, ``'epochs' | 'steps'``."""
+def type_text(tp: Any, none: str = "None") -> str:
+    """A type annotation as short text: ``float``, ``int | None``, ``'a' | 'b'``, ``dict[str, Any]``.
+
+    ``none`` spells ``NoneType`` (``"null"`` in the config-key table, as TOML/JSON users write it).
+    """
     import typing
 
-    origin = typing.get_origin(ann)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(ann))
-    if origin in (typing.Union, types.UnionType):
-        return " | ".join("null" if a is type(None) else _type_text(a) for a in typing.get_args(ann))
-    if origin is dict:
-        return "table"
-    return getattr(ann, "__name__", str(ann))
+        return " | ".join(repr(a) for a in args)
+    if origin is typing.Union or origin is types.UnionType:
+        return " | ".join(type_text(a, none) for a in args)
+    if tp is type(None):
+        return none
+    if tp is Any:
+        return "Any"
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(type_text(a, none) for a in args)}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def diff_configs(a: Any, b: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two config dicts (missing keys count)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: dict[str, tuple[Any, Any]] = {}
+        for k in sorted(set(a) | set(b)):
+            out.update(diff_configs(a.get(k), b.get(k), f"{prefix}{k}."))
+        return out
+    return {} if a == b else {prefix[:-1]: (a, b)}
 
 
 def config_keys() -> list[tuple[str, str, str, str]]:
@@ -218,7 +235,7 @@ def config_keys() -> list[tuple[str, str, str, str]]:
                 continue
             default = field.get_default(call_default_factory=True)
             text = "null" if default is None else json.dumps(default) if isinstance(default, str | bool) else str(default)
-            rows.append((f"{prefix}{name}", _type_text(ann), text, field.description or ""))
+            rows.append((f"{prefix}{name}", type_text(ann, none="null"), text, field.description or ""))
 
     walk(RunConfig, "")
     return rows

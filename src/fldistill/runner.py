@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fldistill.checks import check_config, method_params
-from fldistill.config import RunConfig
+from fldistill.config import RunConfig, diff_configs
 from fldistill.data.federation import Federation, build_federation
 from fldistill.data.registry import dataset_info, default_data_dir
 from fldistill.engine.comm import Comm, InProcessComm
@@ -49,16 +49,6 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
-    """Dotted keys whose values differ between two config dicts (missing keys count)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: dict[str, tuple[Any, Any]] = {}
-        for k in sorted(set(a) | set(b)):
-            out.update(_diff(a.get(k), b.get(k), f"{prefix}{k}."))
-        return out
-    return {} if a == b else {prefix[:-1]: (a, b)}
-
-
 def resolve_model_name(cfg: RunConfig) -> str:
     """The model architecture: ``cfg.model`` or the dataset's default."""
     return default_model_for(cfg.dataset) if cfg.model == "auto" else cfg.model
@@ -66,11 +56,9 @@ def resolve_model_name(cfg: RunConfig) -> str:
 
 def local_defaults_for(method: str, dataset: str) -> dict[str, Any]:
     """A method's tuned local-training defaults on ``dataset``'s family (a run-time registered method: its class's)."""
-    from fldistill.methods.catalog import CARDS, dataset_family
+    from fldistill.methods.catalog import dataset_family, method_spec
 
-    if method in CARDS:
-        return CARDS[method].defaults_for(dataset_family(dataset_info(dataset).input_shape))
-    return dict(get_method(method).local_defaults)
+    return method_spec(method).defaults_for(dataset_family(dataset_info(dataset).input_shape))
 
 
 def resolve_defaults(cfg: RunConfig) -> RunConfig:
@@ -215,7 +203,7 @@ class Runner:
         else:
             validate(cfg)
             wanted = json.loads(resolve_defaults(cfg).to_json())
-        diff = {k: v for k, v in _diff(saved, wanted).items() if k != "rounds"}
+        diff = {k: v for k, v in diff_configs(saved, wanted).items() if k != "rounds"}
         if diff:
             what = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
             raise ConfigError(

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fldistill.checks import check_config
-from fldistill.config import _coerce, parse_config
+from fldistill.config import _coerce, diff_configs, parse_config
 from fldistill.errors import ConfigError, check_output_dir, make_output_dir
 
 MANIFEST = "sweep.json"
@@ -45,6 +45,14 @@ class SweepRun:
     @property
     def name(self) -> str:
         return f"{self.label}/s{self.seed}"
+
+    @property
+    def key(self) -> str:
+        """The file stem of its config (``OUT/configs``) and log (``OUT/logs``)."""
+        return f"{self.label}-s{self.seed}"
+
+    def log(self, sweep_dir: Path) -> Path:
+        return sweep_dir / "logs" / f"{self.key}.log"
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -148,11 +156,9 @@ def check_manifest(out: Path, base: dict[str, Any]) -> None:
     path = out / MANIFEST
     if not path.is_file():
         return
-    from fldistill.runner import _diff
-
     # Compared as full configs, so a key given explicitly at its default is no change.
     saved = parse_config(json.loads(path.read_text()).get("base") or {}).model_dump(mode="json")
-    diff = _diff(saved, parse_config(base).model_dump(mode="json"))
+    diff = diff_configs(saved, parse_config(base).model_dump(mode="json"))
     if diff:
         what = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
         raise ConfigError(f"sweep folder {out} holds a sweep of another base config ({what}); use another --out")
@@ -232,9 +238,9 @@ def execute(
             while queue or running:
                 while queue and len(running) < n_workers:
                     r, resume = queue.pop(0)
-                    cfg_path = out / "configs" / f"{r.label}-s{r.seed}.json"
+                    cfg_path = out / "configs" / f"{r.key}.json"
                     cfg_path.write_text(json.dumps(run_config(base, r), indent=2, sort_keys=True) + "\n")
-                    log = open(out / "logs" / f"{r.label}-s{r.seed}.log", "ab")  # noqa: SIM115 - closed when the child ends
+                    log = open(r.log(out), "ab")  # noqa: SIM115 - closed when the child ends
                     proc = subprocess.Popen(_command(r, cfg_path, resume), stdout=log, stderr=subprocess.STDOUT, env=env)
                     log.close()  # the child holds its own descriptor
                     running[proc] = (r, resume, time.perf_counter())
@@ -244,7 +250,7 @@ def execute(
                     if proc.returncode == 0:
                         outcomes.append(Outcome(r, "resumed" if resume else "done", dt))
                     else:
-                        outcomes.append(Outcome(r, "failed", dt, _last_error(out / "logs" / f"{r.label}-s{r.seed}.log")))
+                        outcomes.append(Outcome(r, "failed", dt, _last_error(r.log(out))))
                     progress.advance(bar)
                 time.sleep(0.2)
         except KeyboardInterrupt:
@@ -274,13 +280,9 @@ def _last_error(log: Path) -> str:
 def aggregate(run_dirs: list[Path], out: Path, target: float | None = None) -> Table:
     """Group the finished runs by grid point over seeds; write ``sweep.md``, ``sweep.csv`` and ``accuracy_bands.png``."""
     from fldistill.report.compare import load_run
-    from fldistill.report.seeds import group_runs, plot_seed_curves, render_seed_table, seed_table, write_seed_csv, write_seed_markdown
+    from fldistill.report.seeds import group_runs, render_seed_table, write_seed_files
 
-    groups = group_runs([load_run(d) for d in run_dirs])
-    rows = seed_table(groups, target)
-    write_seed_markdown(rows, out / "sweep.md")
-    write_seed_csv(rows, out / "sweep.csv")
-    plot_seed_curves(groups, out / "accuracy_bands.png")
+    rows = write_seed_files(group_runs([load_run(d) for d in run_dirs]), out, "sweep", target)
     return render_seed_table(rows, title=f"sweep {out}: mean ± std over seeds, 95% interval")
 
 
@@ -302,6 +304,8 @@ def score_points(runs: list[SweepRun], last: int = 5) -> list[PointScore]:
     """Score every grid point whose runs all finished, best first; the global test set is never read."""
     import statistics
 
+    from fldistill.report.compare import load_run, metric_series
+
     by_point: dict[str, list[SweepRun]] = {}
     for r in runs:
         by_point.setdefault(r.label, []).append(r)
@@ -311,8 +315,8 @@ def score_points(runs: list[SweepRun], last: int = 5) -> list[PointScore]:
         for r in point:
             if not (r.out / "summary.json").is_file():
                 break
-            recs = [json.loads(x) for x in (r.out / "metrics.jsonl").read_text().splitlines() if x.strip()]
-            val = [float(x["val_accuracy"]) for x in recs if x.get("round", 0) >= 1 and "val_accuracy" in x]
+            rounds, values = metric_series(load_run(r.out).metrics, "val_accuracy")
+            val = [v for t, v in zip(rounds, values) if t >= 1]
             if not val:
                 break
             vals.append(sum(val[-last:]) / len(val[-last:]))

@@ -13,7 +13,6 @@ Only the standard library, pydantic and torch-free fldistill modules may be impo
 from __future__ import annotations
 
 import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -22,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from fldistill.config import type_text
 from fldistill.methods import unknown_method
 from fldistill.methods.params import (
     CFLHKDParams,
@@ -247,6 +247,20 @@ def method_card(name: str) -> MethodCard:
         raise unknown_method(name, CARDS) from None
 
 
+def method_spec(name: str) -> MethodCard:
+    """The card of method ``name``: a built-in's own, or one read off a class registered at run time.
+
+    A plug-in or a test's toy method has no card, but its class is already imported and
+    registered (:data:`fldistill.methods.METHODS`), so this stays torch-free either way.
+    """
+    from fldistill.methods import METHODS
+
+    cls = METHODS.get(name)
+    if name in CARDS or cls is None:
+        return method_card(name)
+    return MethodCard(name, cls.description, cls.Params, cls.local_defaults)
+
+
 def param_rows(name: str) -> list[tuple[str, str, str, str]]:
     """The parameters of method ``name`` for display, in declaration order.
 
@@ -264,21 +278,5 @@ def param_rows(name: str) -> list[tuple[str, str, str, str]]:
             default = repr(field.default_factory())  # type: ignore[call-arg]
         else:
             default = "required"
-        rows.append((key, _type_text(field.annotation), default, field.description or ""))
+        rows.append((key, type_text(field.annotation), default, field.description or ""))
     return rows
-
-
-def _type_text(tp: Any) -> str:
-    """A type annotation as short text: ``float``, ``int | None``, ``'a' | 'b'``, ``dict[str, Any]``."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is typing.Literal:
-        return " | ".join(repr(a) for a in args)
-    if origin is typing.Union or origin is types.UnionType:
-        return " | ".join(_type_text(a) for a in args)
-    if tp is type(None):
-        return "None"
-    if tp is Any:
-        return "Any"
-    if origin is not None:
-        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_text(a) for a in args)}]"
-    return getattr(tp, "__name__", str(tp))

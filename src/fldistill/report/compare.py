@@ -460,7 +460,7 @@ def _row(rec: RunRecord, target: float, target_how: str = "") -> dict[str, Any]:
     }
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
+def format_cell(value: Any, digits: int = 4) -> str:
     """Format a table cell: floats to ``digits`` decimals, None as '-'."""
     if value is None:
         return "-"
@@ -498,18 +498,18 @@ def _mean_column(rows: list[dict]) -> _MeanColumn:
 
 def _display_cells(row: dict, mean: _MeanColumn | None = None) -> list[str]:
     """Human-readable cells of a row, in the order of :data:`_DISPLAY_HEADERS` (with the row's k when ``mean.per_cell``)."""
-    mean_cell = _fmt(row["final_accuracy_mean5"])
+    mean_cell = format_cell(row["final_accuracy_mean5"])
     return [
         row["label"],
-        _fmt(row["final_accuracy"]),
+        format_cell(row["final_accuracy"]),
         f"{mean_cell} ({_row_k(row)})" if mean is not None and mean.per_cell else mean_cell,
-        _fmt(row["best_accuracy"]),
+        format_cell(row["best_accuracy"]),
         format_bits(row["total_bits"]),
-        _fmt(row["rounds_to_target"]),
+        format_cell(row["rounds_to_target"]),
         format_bits(row["bits_to_target"]),
-        _fmt(row["wall_s"], 1),
-        _fmt(row["seconds_per_round"], 2),
-        _fmt(row.get("status")),
+        format_cell(row["wall_s"], 1),
+        format_cell(row["seconds_per_round"], 2),
+        format_cell(row.get("status")),
     ]
 
 
@@ -520,7 +520,7 @@ def _has_personal(rows: list[dict]) -> bool:
 
 def _personal_cells(row: dict) -> list[str]:
     """The cells of :data:`_PERSONAL_HEADERS` ('-' for a run without personalised metrics)."""
-    return [_fmt(row.get(k)) for k in PERSONAL_COLUMNS]
+    return [format_cell(row.get(k)) for k in PERSONAL_COLUMNS]
 
 
 # compare.md's headers; MEAN_HEADER is replaced by the column's name with its k (see _mean_column).

@@ -635,9 +635,17 @@ def write_seed_outputs(groups: list[SeedGroup], out_dir: Path, target: float | N
         for name in SEED_OUTPUTS:
             (out_dir / name).unlink(missing_ok=True)
         return []
+    return write_seed_files(groups, out_dir, "compare_seeds", target)
+
+
+def write_seed_files(groups: list[SeedGroup], out_dir: Path, stem: str, target: float | None = None) -> list[dict]:
+    """Write ``<stem>.md``, ``<stem>.csv`` and ``accuracy_bands.png`` of the groups into ``out_dir``; returns the rows.
+
+    Shared by ``compare`` (``compare_seeds``) and ``sweep`` (``sweep``).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = seed_table(groups, target=target)
-    write_seed_markdown(rows, out_dir / "compare_seeds.md")
-    write_seed_csv(rows, out_dir / "compare_seeds.csv")
+    write_seed_markdown(rows, out_dir / f"{stem}.md")
+    write_seed_csv(rows, out_dir / f"{stem}.csv")
     plot_seed_curves(groups, out_dir / "accuracy_bands.png")
     return rows

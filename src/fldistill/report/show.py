@@ -24,6 +24,7 @@ from fldistill.report.compare import (
     _summary_from_metrics,
     _total_bits,
     format_bits,
+    format_cell,
     last_k_label,
     load_run,
     trained_rounds,
@@ -131,17 +132,6 @@ def run_status(rec: RunRecord) -> RunStatus:
     return RunStatus(False, last, planned, f"incomplete at round {last}{of} ({why})")
 
 
-def _num(value: Any, digits: int = 4) -> str:
-    """A number for display: floats to ``digits`` decimals, ints as they are, None as '-'."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
-    return str(value)
-
-
 def _compact(value: Any) -> str:
     """A config value on one line (JSON for lists and dicts)."""
     if isinstance(value, dict | list):
@@ -228,21 +218,22 @@ def summary_lines(rec: RunRecord, status: RunStatus) -> list[tuple[str, str]]:
     last = rec.metrics[-1]
     n_trained = trained_rounds(rec.metrics)
     lines = [
-        ("final accuracy", f"{_num(s.get('final_accuracy'))} (round {status.last_round})"),
-        (last_k_label(n_trained), _num(s.get("final_accuracy_mean5"))),
-        ("best accuracy", f"{_num(s.get('best_accuracy'))} (round {s.get('best_round', '?')})"),
+        ("final accuracy", f"{format_cell(s.get('final_accuracy'))} (round {status.last_round})"),
+        (last_k_label(n_trained), format_cell(s.get("final_accuracy_mean5"))),
+        ("best accuracy", f"{format_cell(s.get('best_accuracy'))} (round {s.get('best_round', '?')})"),
     ]
     personal = s.get("final_personalized_accuracy")
     if personal is None:  # a stale or partial summary: the last row that has it
         personal = next((m.get("personalized_accuracy") for m in reversed(rec.metrics) if m.get("personalized_accuracy") is not None), None)
     if personal is not None:
         worst = s.get("final_personalized_accuracy_worst10")
-        lines.append(("personalised accuracy", _num(personal) + (f" (worst 10% of clients: {_num(worst)})" if worst is not None else "")))
+        worst_text = f" (worst 10% of clients: {format_cell(worst)})" if worst is not None else ""
+        lines.append(("personalised accuracy", format_cell(personal) + worst_text))
     total = _total_bits(last)
     split = _hop_split(last)
     lines.append(("sent", format_bits(total) + (f": {split}" if split else "")))
     wall, spr = s.get("wall_s"), s.get("seconds_per_round")
-    lines.append(("wall time", f"{_num(wall, 1)} s" + (f" ({_num(spr, 3)} s/round)" if spr is not None else "")))
+    lines.append(("wall time", f"{format_cell(wall, 1)} s" + (f" ({format_cell(spr, 3)} s/round)" if spr is not None else "")))
     extra = _extra_metrics(last)
     if extra:
         lines.append((f"round {status.last_round} metrics", extra))
@@ -257,7 +248,7 @@ def _extra_metrics(row: dict) -> str:
     ]
     # Per-cluster or per-group series (cluster0_accuracy, ...) after the run-wide ones, which the cap must keep.
     items.sort(key=lambda kv: any(c.isdigit() for c in kv[0]))
-    text = ", ".join(f"{k} {_num(v)}" for k, v in items[:MAX_EXTRA_METRICS])
+    text = ", ".join(f"{k} {format_cell(v)}" for k, v in items[:MAX_EXTRA_METRICS])
     if len(items) > MAX_EXTRA_METRICS:
         text += f", +{len(items) - MAX_EXTRA_METRICS} more in metrics.jsonl"
     return text
@@ -354,14 +345,14 @@ def round_table(rec: RunRecord, cap: int = DEFAULT_ROWS, best_round: int | None 
         averaged |= span > 1
         cells = [
             str(row["round"]),
-            _num(accs[i]) + (" *" if i == best else "  "),
-            _num(row.get("loss")),
+            format_cell(accs[i]) + (" *" if i == best else "  "),
+            format_cell(row.get("loss")),
             mark + format_bits(d_bits),
             format_bits(total),
             f"{mark}{d_wall:.2f}",
         ]
         if personal:
-            cells.append(_num(row.get("personalized_accuracy")))
+            cells.append(format_cell(row.get("personalized_accuracy")))
         table.add_row(*cells)
     notes = ["* best accuracy", "round 0 = the initial evaluation (seconds: the setup)"]
     if averaged:
