@@ -76,7 +76,7 @@ def test_sweep_runs_are_ordinary_runs_resumable_and_aggregated(tmp_path: Path, c
 def test_a_failing_run_is_reported_and_the_others_finish(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "sw"
     # lr 1e4 diverges (the runner stops it); lr 0.05 finishes
-    args = ["sweep", *TINY, "--grid", "local.lr=0.05,10000", "--seeds", "0", "--workers", "1", "--out", str(out)]
+    args = ["sweep", *TINY, "--grid", "local.lr=0.05,10000", "--seeds", "0", "--workers", "2", "--out", str(out)]
     assert main(args) == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "failed: local.lr-10000/s0: error:" in err and "lower local.lr" in err
