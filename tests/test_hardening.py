@@ -173,7 +173,8 @@ def test_readme_states_the_true_test_count(request: pytest.FixtureRequest) -> No
     import re
 
     cfg = request.config
-    if cfg.args not in ([], [str(ROOT)], ["tests"]) or cfg.option.keyword or cfg.option.markexpr:
+    # the default marker expression comes from pyproject's addopts (the deployment tier is separate)
+    if cfg.args not in ([], [str(ROOT)], ["tests"]) or cfg.option.keyword or cfg.option.markexpr not in ("", "not deployment"):
         pytest.skip("only the full suite knows its own size; CI runs it bare")
     readme = (ROOT / "README.md").read_text()
     stated = {int(n) for n in re.findall(r"(\d+) tests\b", readme)} | {int(n) for n in re.findall(r"all (\d+) in", readme)}
