@@ -12,8 +12,9 @@ Template syntax:
 
 - a line ``<!-- table: KIND ARGS -->`` is replaced by a generated Markdown table:
 
-  - ``seeds DIR [target=centralized|fedavg] [personal] [extra=KEY:HEADER,...]``: one row per
-    setting (sub-folder of DIR) and method label (run folder name without ``-s<seed>``),
+  - ``seeds DIR [target=centralized|fedavg] [personal] [sweep] [extra=KEY:HEADER,...]``: one
+    row per setting (sub-folder of DIR; ``sweep``: DIR is one ``fldistill sweep`` folder) and
+    method label (run folder name without ``-s<seed>``),
     mean ± std over the seeds of the last-5-round accuracy, its 95% interval, the best
     accuracy, rounds and bits to the target (0.8 x the setting's centralized mean best,
     or 0.9 x FedAvg's mean final), total bits and s/round; ``personal`` adds the
@@ -69,12 +70,20 @@ def load(path: Path) -> Run:
 
 
 def groups(setting: Path) -> dict[str, list[Run]]:
-    """The finished runs of one setting folder by label (``fedavg-s1`` -> ``fedavg``), seeds sorted."""
+    """The finished runs of one setting folder by label, seeds sorted.
+
+    Two layouts: ``suite.py``'s ``SETTING/LABEL-s<seed>`` (or ``SETTING/LABEL`` for one
+    seed), and ``fldistill sweep``'s ``OUT/POINT/s<seed>`` (label: the point, ``method-`` dropped).
+    """
     out: dict[str, list[tuple[int, Run]]] = {}
-    for d in sorted(p for p in setting.iterdir() if (p / "summary.json").exists()):
-        m = _SEED.search(d.name)
-        label, seed = (d.name[: m.start()], int(m.group(1))) if m else (d.name, -1)
-        out.setdefault(label, []).append((seed, load(d)))
+    for d in sorted(p for p in setting.iterdir() if p.is_dir()):
+        if (d / "summary.json").exists():
+            m = _SEED.search(d.name)
+            label, seed = (d.name[: m.start()], int(m.group(1))) if m else (d.name, -1)
+            out.setdefault(label, []).append((seed, load(d)))
+            continue
+        for r in sorted(d.glob("s[0-9]*/summary.json")):
+            out.setdefault(d.name.removeprefix("method-"), []).append((int(r.parent.name[1:]), load(r.parent)))
     return {k: [r for _, r in sorted(v, key=lambda t: t[0])] for k, v in out.items()}
 
 
@@ -156,7 +165,9 @@ def seeds_table(args: list[str]) -> str:
     cols += [h for _, h in extra]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     notes = []
-    for setting in sorted((p for p in base.iterdir() if p.is_dir()), key=_natural):
+    # a sweep folder (POINT/s<seed> inside) is one setting itself
+    settings = [base] if "sweep" in args[1:] else sorted((p for p in base.iterdir() if p.is_dir()), key=_natural)
+    for setting in settings:
         g = groups(setting)
         if not g:
             continue

@@ -132,7 +132,7 @@ def test_param_rows_are_display_text() -> None:
     assert rows["dsa"][1:3] == ("bool", "True")
     assert rows["lr_lr"][1:3] == ("float", "1e-05")
     hfldd = {r[0]: r for r in param_rows("hfldd")}
-    assert hfldd["distill_params"][1:3] == ("dict[str, Any]", "{}")
+    assert hfldd["distill_params"][1:3] == ("dict[str, Any]", "{}")  # {} = the fast preset (params validator)
     assert list(hfldd)[:2] == ["k", "pretrain_epochs"]  # the clustering fields come first, as declared
     assert [r[0] for r in param_rows("fedseq")][-2:] == ["clusters", "n_clusters"]
 

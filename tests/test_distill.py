@@ -249,6 +249,24 @@ def test_kip_config_presets():
     assert out.iterations == 2
     stopped = distill("kip", x, y, 10, 4, {"iterations": 50, "early_stop_acc": 0.0}, _gen(0))
     assert stopped.iterations == 1 and stopped.info["early_stopped"] == 1.0
+    assert KIPConfig.paper() == KIPConfig()
+    # a preset plus fields: the fields win; the same seed and settings give the same support set
+    a = distill("kip", x, y, 10, 4, {"preset": "paper", "iterations": 3}, _gen(0))
+    b = distill("kip", x, y, 10, 4, {"iterations": 3}, _gen(0))
+    assert a.iterations == 3 and torch.equal(a.x, b.x)
+    with pytest.raises(ConfigError, match=r"unknown kip preset 'quick'; use one of \['fast', 'paper'\]"):
+        distill("kip", x, y, 10, 4, {"preset": "quick"}, _gen(0))
+    # HFLDD's default preset also fits DM (whose defaults are its CPU preset)
+    assert distill("dm", x, y, 10, 4, {"preset": "fast", "iterations": 1}, _gen(0)).iterations == 1
+
+
+def test_hfldd_distills_with_the_fast_preset_unless_told_otherwise():
+    from fldistill.methods.params import HFLDDParams
+
+    assert HFLDDParams().distill_params == {"preset": "fast"}
+    assert HFLDDParams(distill_params={"iterations": 800}).distill_params == {"preset": "fast", "iterations": 800}
+    assert HFLDDParams(distill_params={"preset": "paper"}).distill_params == {"preset": "paper"}
+    assert HFLDDParams(distiller="random").distill_params == {}  # random and none take no parameters
 
 
 @pytest.mark.parametrize("kernel", ["nngp", "rbf"])

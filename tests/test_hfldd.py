@@ -60,3 +60,14 @@ def test_hfldd_beats_fedavg_at_one_class(tmp_path: Path, make_cfg) -> None:
 
 def test_hfldd_resume_equals_uninterrupted(make_cfg, resume_check) -> None:
     resume_check(_cfg(make_cfg, rounds=3), cut_at=2)
+
+
+def test_default_k_is_ten_capped_at_half_the_clients(tmp_path: Path, make_cfg) -> None:
+    """params.k null: K = min(10, N // 2), so K-Means never leaves (nearly) every client alone."""
+    from fldistill.cluster.knowledge import default_k
+
+    assert [default_k(n) for n in (1, 3, 10, 19, 20, 100, 1000)] == [1, 1, 5, 9, 10, 10, 10]
+    params = {k: v for k, v in HP.items() if k != "k"}
+    Runner(_cfg(make_cfg, clients=8, params=params), tmp_path / "r", quiet=True).run()
+    c = json.loads((tmp_path / "r" / "clustering.json").read_text())
+    assert c["k"] == 4 and len(set(c["homogeneous"])) == 4, c

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -128,3 +129,32 @@ def test_moon_contrastive_loss_values() -> None:
 @pytest.mark.parametrize("method", ["scaffold", "moon"])
 def test_resume_equals_uninterrupted(make_cfg, resume_check, method: str) -> None:
     resume_check(make_cfg(method=method, rounds=4, participation=0.5), cut_at=3)
+
+
+def test_scaffold_option1_variate_is_the_local_gradient_at_the_global_model(tmp_path: Path, make_cfg) -> None:
+    """Option I: after round 1 every c_i is the full-data CE gradient of client i at the initial model, and c their mean."""
+    import torch
+    import torch.nn.functional as F
+
+    r = Runner(make_cfg(method="scaffold", rounds=1, params={"variate": "I"}), tmp_path / "o1", quiet=True)
+    r.run()
+    m = r.method
+    model = copy.deepcopy(m.ctx.model)
+    model.load_state_dict(m.ctx.init_state)
+    model.eval()
+    grads = []
+    for cid in range(m.fed.n_clients):
+        x, y = m.fed.client_data(cid, "train")
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        g = {k: p.grad.detach().clone() for k, p in model.named_parameters()}
+        grads.append(g)
+        ci = m.client_c(cid)
+        for k in g:
+            assert torch.allclose(ci[k], g[k], atol=1e-5), (cid, k)
+    for k in grads[0]:
+        assert torch.allclose(m.c[k], torch.stack([g[k] for g in grads]).mean(0), atol=1e-5)
+    # and it is a different algorithm from option II on the same run
+    Runner(make_cfg(method="scaffold", rounds=2, params={"variate": "I"}), tmp_path / "a", quiet=True).run()
+    Runner(make_cfg(method="scaffold", rounds=2), tmp_path / "b", quiet=True).run()
+    assert _metrics(tmp_path / "a")[-1]["loss"] != _metrics(tmp_path / "b")[-1]["loss"]

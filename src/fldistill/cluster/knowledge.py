@@ -25,6 +25,11 @@ from fldistill.methods.params import ClusteringParams
 from fldistill.seeding import np_rng
 
 
+def default_k(n_clients: int) -> int:
+    """HFLDD's K when ``params.k`` is null: the paper's 10, at most half the clients (at least 1)."""
+    return max(1, min(10, n_clients // 2))
+
+
 @task("soft_labels")
 def soft_labels_task(ctx: ClientContext, req: Payload) -> Payload:
     """Train from the received model, then predict soft labels on the public set."""
@@ -83,7 +88,7 @@ def heterogeneous_clusters(
     times["soft_labels_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     M = kl_matrix(soft)
-    k = min(p.k, len(present))
+    k = min(p.k if p.k is not None else default_k(n), len(present))
     homog = kmeans_rows(M.cpu().numpy(), k, seed)
     rng = np_rng(seed, "hfldd-clusters")
     clusters = [[present[i] for i in c] for c in cluster_sampling(homog, rng)]

@@ -28,7 +28,7 @@ Progress = Callable[[int, int], None] | None
 
 
 def _config(cls: type, params: dict[str, Any], method: str) -> Any:
-    """Build ``cls`` from ``params``; ``preset: "fast"`` starts from ``cls.fast()``."""
+    """Build ``cls`` from ``params``; ``preset: "fast"`` / ``"paper"`` starts from ``cls.fast()`` / ``cls.paper()``."""
     params = dict(params)
     preset = params.pop("preset", None)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -37,9 +37,11 @@ def _config(cls: type, params: dict[str, Any], method: str) -> Any:
         raise ConfigError(f"unknown {method} parameter(s) {unknown}; valid: {sorted(names)}")
     if preset is None:
         return cls(**params)
-    if preset != "fast" or not hasattr(cls, "fast"):
-        raise ConfigError(f"unknown {method} preset {preset!r}")
-    return dataclasses.replace(cls.fast(), **params)
+    make = getattr(cls, preset, None) if preset in ("fast", "paper") else None
+    if make is None:
+        have = [p for p in ("fast", "paper") if hasattr(cls, p)]
+        raise ConfigError(f"unknown {method} preset {preset!r}; use one of {have}")
+    return dataclasses.replace(make(), **params)
 
 
 def _kip(x, y, n_classes, n_support, params, generator, progress) -> DistillResult:

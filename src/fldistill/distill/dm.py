@@ -55,6 +55,11 @@ class DMConfig:
     depth: int = 3
     mlp_width: int = 256
 
+    @classmethod
+    def fast(cls) -> DMConfig:
+        """The field defaults, already a CPU preset (so HFLDD's default ``preset: "fast"`` also fits DM)."""
+        return cls()
+
     def __post_init__(self) -> None:
         if self.embed not in ("auto", "convnet", "mlp"):
             raise ConfigError(f"dm embed must be 'auto', 'convnet' or 'mlp', got {self.embed!r}")

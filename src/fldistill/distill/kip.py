@@ -65,8 +65,18 @@ class KIPConfig:
 
     @classmethod
     def fast(cls) -> KIPConfig:
-        """A CPU-friendly preset: 500 steps with 128 targets per step."""
+        """A CPU-friendly preset: 500 steps with 128 targets per step (HFLDD's default here).
+
+        It sees 64,000 target samples against the paper schedule's 30,000 (3000 x 10), with
+        6x fewer kernel solves: 19-34 s against 96-98 s per Fashion-MNIST-sized member
+        (400 of 6,000 samples of 784 values; one thread, one process, load 5).
+        """
         return cls(iterations=500, target_batch=128)
+
+    @classmethod
+    def paper(cls) -> KIPConfig:
+        """HFLDD's (FedD3's) schedule: 3000 steps with 10 targets per step (the field defaults)."""
+        return cls()
 
     def __post_init__(self) -> None:
         if self.kernel not in ("ntk", "nngp", "rbf"):

@@ -15,8 +15,9 @@ correction ``c - c_i`` to every step's gradient), then computes option II client
     c_i+ = c_i - c + (x - y_i) / (K_eff * lr),
 
 and uploads y_i (PARAM) and Delta c_i = c_i+ - c_i (FLOAT). The server sets
-x <- sample-weighted mean of y_i (global lr 1, as FedAvg) and
-c <- c + |S|/N * mean_i Delta c_i.
+x <- x + eta_g * (sample-weighted mean of y_i - x) (``params.global_lr``; 1 is FedAvg's
+average) and c <- c + |S|/N * mean_i Delta c_i. ``params.variate = "I"`` is the paper's
+option I instead: c_i+ = the local gradient at x, from one more pass over the data.
 
 Momentum and weight decay: the correction lives in the loss, so it goes through the
 optimiser like the gradient. Weight decay is simply part of the corrected gradient. With
@@ -75,17 +76,47 @@ def scaffold_train_task(ctx: ClientContext, req: Payload) -> Payload:
     """The ``train`` task, then option II on the client: also uploads ``dc`` = Delta c_i.
 
     Request: as ``train`` plus ``c.*`` (global variate) and ``ci.*`` (own variate);
-    metadata ``steps`` (``"momentum"`` or ``"plain"``). Reply: as ``train`` plus
+    metadata ``steps`` (``"momentum"`` or ``"plain"``) and ``variate`` (``"II"`` or ``"I"``). Reply: as ``train`` plus
     ``dc.*`` (FLOAT), one tensor per parameter.
     """
     reply = train_task(ctx, req)
+    x, c = req.get_state("model"), req.get_state("c")
+    if req.meta.get("variate", "II") == "I":
+        # option I: c_i+ = the local gradient at the global model x (one more pass over the data)
+        ci, grad = req.get_state("ci"), local_gradient(ctx, x)
+        return reply.put_state("dc", {n: grad[n] - ci[n] for n in c}, Kind.FLOAT)
     local = local_config_from(req.meta, ctx.local)
     k = int(reply.meta["steps"])
     k_eff = effective_steps(k, local.momentum) if req.meta.get("steps", "momentum") == "momentum" else float(k)
-    x, y, c = req.get_state("model"), reply.get_state("model"), req.get_state("c")
+    y = reply.get_state("model")
     scale = 1.0 / (k_eff * local.lr)
     dc = {n: (x[n] - y[n]) * scale - c[n] for n in c}  # c_i+ - c_i = -c + (x - y_i) / (K lr)
     return reply.put_state("dc", dc, Kind.FLOAT)
+
+
+def local_gradient(ctx: ClientContext, state: ModelState, chunk: int = 2048) -> ModelState:
+    """The gradient of the mean cross-entropy on the client's training data at ``state`` (eval mode).
+
+    Eval mode keeps batch-norm statistics fixed and the buffers untouched; the loss is
+    summed over chunks of ``chunk`` samples and divided by the sample count, so the
+    result does not depend on the chunking.
+    """
+    x, y = ctx.data("train")
+    names = [k for k, _ in ctx.model.named_parameters()]
+    params = {k: state[k].detach().clone().requires_grad_(True) for k in names}
+    rest = {k: v for k, v in state.items() if k not in params}
+    total = {k: torch.zeros_like(v) for k, v in params.items()}
+    was_training = ctx.model.training
+    ctx.model.eval()
+    try:
+        for i in range(0, int(x.shape[0]), chunk):
+            out = torch.func.functional_call(ctx.model, {**params, **rest}, (x[i : i + chunk],))
+            loss = F.cross_entropy(out, y[i : i + chunk], reduction="sum")
+            for k, g in zip(names, torch.autograd.grad(loss, [params[k] for k in names])):
+                total[k] += g
+    finally:
+        ctx.model.train(was_training)
+    return {k: v / max(int(x.shape[0]), 1) for k, v in total.items()}
 
 
 @register
@@ -119,8 +150,19 @@ class Scaffold(FedAvg):
     def requests(self, t: int, clients: list[int], base: Payload) -> dict[int, Payload]:
         if not self.params.correction:
             return super().requests(t, clients, base)  # plain FedAvg: nothing extra sent or charged
-        base = base.with_meta(steps=self.params.steps).put_state("c", self.c, Kind.FLOAT)
+        base = base.with_meta(steps=self.params.steps, variate=self.params.variate).put_state("c", self.c, Kind.FLOAT)
         return {cid: base.with_meta().put_state("ci", self.client_c(cid), Kind.STATE) for cid in clients}
+
+    def aggregate(self, t: int, replies: dict[int, Payload]) -> None:
+        """x <- x + eta_g * (weighted mean of y_i - x) on float entries (eta_g = 1: FedAvg's average, exactly)."""
+        if not replies:
+            return
+        avg = self.average(replies)
+        eta = float(self.params.global_lr)
+        if eta != 1.0:
+            x = self.global_state
+            avg = {k: x[k] + eta * (v - x[k]) if v.is_floating_point() else v for k, v in avg.items()}
+        self.set_global(avg)
 
     def after_replies(self, t: int, replies: dict[int, Payload]) -> dict[str, Any]:
         if not self.params.correction:
