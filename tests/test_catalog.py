@@ -68,7 +68,7 @@ def test_local_defaults_are_the_tuned_ones() -> None:
     assert dict(method_card("fedavg").local_defaults) == {"amount": 2, "lr": 0.15}
     for name in ("local", "fedprox", "moon", "ifca", "cfl", "cflhkd", "dynafed", "fedftg", "disue"):
         assert method_card(name).local_defaults == method_card("fedavg").local_defaults, name
-    assert dict(method_card("scaffold").local_defaults) == {"amount": 2, "lr": 0.05, "momentum": 0.0}
+    assert dict(method_card("scaffold").local_defaults) == {"amount": 5, "lr": 0.05, "momentum": 0.0}
     assert dict(method_card("fedgen").local_defaults) == {"unit": "steps", "amount": 20, "lr": 0.01, "momentum": 0.0, "batch_size": 32}
 
 
@@ -166,6 +166,7 @@ def test_dataset_families_and_per_family_defaults() -> None:
     # tuned on real Fashion-MNIST with `fldistill tune` (the card's comments give the scores)
     assert local_defaults_for("fedavg", "fashion-mnist") == {"amount": 2, "lr": 0.02}
     assert local_defaults_for("scaffold", "mnist") == {"amount": 2, "lr": 0.1, "momentum": 0.0}
+    assert local_defaults_for("scaffold", "mnist1d") == {"amount": 5, "lr": 0.05, "momentum": 0.0}
     assert local_defaults_for("fedavg", "digits") == {"amount": 2, "lr": 0.15}
     with pytest.raises(ValueError, match="unknown dataset families"):
         MethodCard("x", "x", BaseModel, {}, {"grey": {"lr": 0.1}})
