@@ -137,9 +137,9 @@ _CARDS = (
     # momentum 0.9 diverges on classes:2 at lr 0.01-0.15 with option II and with option I
     # (params.variate=I); plain lr 0.1 and 0.2 diverge there at 2 and at 5 epochs; eta_g 2 and 4
     # (params.global_lr) at lr 0.05: classes:2 0.290 / 0.222, IID 0.369 / 0.222. Plain lr 0.05
-    # is the stable step; 5 epochs instead of 2 raise it from 0.268 to 0.355 on classes:2 and
-    # from 0.289 to 0.429 on IID. Momentum 0.9 at lr 0.15 matches FedAvg on IID (0.617) only:
-    # `fldistill tune` finds it there.
+    # is the stable step; 5 epochs instead of 2 raise it from 0.268 to 0.364 on classes:2 and
+    # from 0.289 to 0.416 on IID (validation, mean of rounds 26-30). Momentum 0.9 at lr 0.15
+    # matches FedAvg on IID (0.617) only: `fldistill tune` finds it there.
     MethodCard(
         "scaffold",
         "SCAFFOLD: FedAvg with server/client control variates (option II; params.correction, params.steps)",
