@@ -170,3 +170,20 @@ def test_dataset_families_and_per_family_defaults() -> None:
     assert local_defaults_for("fedavg", "digits") == {"amount": 2, "lr": 0.15}
     with pytest.raises(ValueError, match="unknown dataset families"):
         MethodCard("x", "x", BaseModel, {}, {"grey": {"lr": 0.1}})
+
+
+def test_family_params_fill_only_the_params_not_given() -> None:
+    """MOON's mu: 0.1 on 1-D signals (the Params default), 1 on images; a given mu always wins."""
+    from fldistill.config import parse_config
+    from fldistill.methods.catalog import MethodCard
+    from fldistill.methods.params import MoonParams
+    from fldistill.runner import resolve_defaults
+
+    def mu(dataset: str, **params: float) -> float:
+        cfg = parse_config({"method": "moon", "dataset": dataset, "params": params})
+        return float(resolve_defaults(cfg).params["mu"])
+
+    assert mu("mnist1d") == 0.1 and mu("fashion-mnist") == 1.0 and mu("mnist") == 1.0
+    assert mu("fashion-mnist", mu=3.0) == 3.0 and mu("mnist1d", mu=3.0) == 3.0
+    with pytest.raises(ValueError, match="unknown parameters"):
+        MethodCard("x", "x", MoonParams, {}, family_params={"gray28": {"nu": 1.0}})

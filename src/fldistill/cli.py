@@ -128,9 +128,12 @@ def cmd_list(args: argparse.Namespace) -> int:
             if prows:
                 _print_rows("", ("parameter", "type", "default", "meaning"), prows, False)
             local = ", ".join(f"local.{k}={v}" for k, v in card.local_defaults.items())
-            fams = "".join(
-                f"; on {fam} data: " + ", ".join(f"local.{k}={v}" for k, v in over.items()) for fam, over in card.family_defaults.items()
-            )
+            per_family: dict[str, list[str]] = {}
+            for fam, over in card.family_defaults.items():
+                per_family.setdefault(fam, []).extend(f"local.{k}={v}" for k, v in over.items())
+            for fam, over in card.family_params.items():
+                per_family.setdefault(fam, []).extend(f"params.{k}={v}" for k, v in over.items())
+            fams = "".join(f"; on {fam} data: " + ", ".join(items) for fam, items in per_family.items())
             console.print(f"  local defaults: {local or 'the config defaults'}{fams}\n", highlight=False)
     elif args.what == "datasets":
         from fldistill.data.registry import DATASETS

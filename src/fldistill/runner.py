@@ -61,6 +61,13 @@ def local_defaults_for(method: str, dataset: str) -> dict[str, Any]:
     return method_spec(method).defaults_for(dataset_family(dataset_info(dataset).input_shape))
 
 
+def params_defaults_for(method: str, dataset: str) -> dict[str, Any]:
+    """The ``params`` defaults of a method that differ on ``dataset``'s family (see ``MethodCard.family_params``)."""
+    from fldistill.methods.catalog import dataset_family, method_spec
+
+    return method_spec(method).params_for(dataset_family(dataset_info(dataset).input_shape))
+
+
 def resolve_defaults(cfg: RunConfig) -> RunConfig:
     """Fill unset ``local`` fields with the method's tuned defaults; resolve ``params``."""
     defaults = local_defaults_for(cfg.method, cfg.dataset)
@@ -69,6 +76,9 @@ def resolve_defaults(cfg: RunConfig) -> RunConfig:
     local = type(cfg.local).model_validate(local.model_dump())  # all fields now explicit
     # Method parameters are saved resolved too, so config.json alone reproduces the run
     # even if a default changes later.
+    family = {k: v for k, v in params_defaults_for(cfg.method, cfg.dataset).items() if k not in cfg.params}
+    if family:
+        cfg = cfg.model_copy(update={"params": {**family, **cfg.params}})
     params = method_params(cfg).model_dump(mode="json")
     update: dict[str, Any] = {"local": local, "params": params}
     if cfg.data_dir is None and not dataset_info(cfg.dataset).embedded:

@@ -56,6 +56,11 @@ class MethodCard:
     local_defaults : Mapping[str, Any]
         The method's tuned local-training defaults: they fill only the ``local`` fields
         the user did not set. Read-only, since the method class shares it.
+    family_defaults : Mapping[str, Mapping[str, Any]]
+        Per dataset family (:data:`FAMILIES`), ``local`` overrides of ``local_defaults``.
+    family_params : Mapping[str, Mapping[str, Any]]
+        Per dataset family, ``params`` defaults that differ from the ``Params`` model's
+        (whose defaults are the 1-D signal tuning); they fill only the keys not given.
     """
 
     name: str
@@ -63,19 +68,28 @@ class MethodCard:
     params: type[BaseModel]
     local_defaults: Mapping[str, Any]
     family_defaults: Mapping[str, Mapping[str, Any]] = dc_field(default_factory=dict)
+    family_params: Mapping[str, Mapping[str, Any]] = dc_field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Frozen all the way down: the class attribute Method.local_defaults is this object.
         object.__setattr__(self, "local_defaults", types.MappingProxyType(dict(self.local_defaults)))
-        unknown = set(self.family_defaults) - set(FAMILIES)
-        if unknown:
-            raise ValueError(f"{self.name}: unknown dataset families {sorted(unknown)}; use {FAMILIES}")
-        fam = {f: types.MappingProxyType(dict(v)) for f, v in self.family_defaults.items()}
-        object.__setattr__(self, "family_defaults", types.MappingProxyType(fam))
+        for what in ("family_defaults", "family_params"):
+            table = getattr(self, what)
+            unknown = set(table) - set(FAMILIES)
+            if unknown:
+                raise ValueError(f"{self.name}: unknown dataset families {sorted(unknown)}; use {FAMILIES}")
+            object.__setattr__(self, what, types.MappingProxyType({f: types.MappingProxyType(dict(v)) for f, v in table.items()}))
+        bad = {k for over in self.family_params.values() for k in over} - set(self.params.model_fields)
+        if bad:
+            raise ValueError(f"{self.name}: family_params names unknown parameters {sorted(bad)}")
 
     def defaults_for(self, family: str) -> dict[str, Any]:
         """The local-training defaults on a dataset family: the card's, with the family's overrides on top."""
         return {**self.local_defaults, **self.family_defaults.get(family, {})}
+
+    def params_for(self, family: str) -> dict[str, Any]:
+        """The method parameters whose default differs on a dataset family (given ``params`` win over them)."""
+        return dict(self.family_params.get(family, {}))
 
 
 # Dataset families (by input shape): the tuned defaults of a method can differ between them.
@@ -155,6 +169,9 @@ _CARDS = (
         MoonParams,
         _FEDAVG_LOCAL,
         _IMAGE_FEDAVG,
+        # measured on real Fashion-MNIST (IID, N=10, 20 rounds): mu 1 0.8847 ± 0.0053 over 3 seeds,
+        # mu 5 0.8759 (1 seed), FedAvg 0.8898 ± 0.0028; colour images by analogy
+        family_params={"gray28": {"mu": 1.0}, "color32": {"mu": 1.0}},
     ),
     MethodCard(
         "ifca",

@@ -47,7 +47,7 @@ def _moon(
     args: dict[str, Any], ref: ModelState, model: torch.nn.Module, tensors: dict[str, torch.Tensor], gen: torch.Generator
 ) -> Objective:
     """``CE + mu * l_con``; the global model is ``ref``, the previous one the ``prev.*`` tensors."""
-    mu, tau = float(args.get("mu", 1.0)), float(args.get("temperature", 0.5))
+    mu, tau = float(args.get("mu", 0.1)), float(args.get("temperature", 0.5))
     glob = {k: v.detach() for k, v in _features_of(ref).items()}
     prev = {k: v.detach() for k, v in _features_of(tensors, "prev." + FEAT).items()} or glob
     inputs = {**{"glob." + k: v for k, v in glob.items()}, **{"prev." + k: v for k, v in prev.items()}}
