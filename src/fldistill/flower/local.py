@@ -265,6 +265,11 @@ class LocalDeployment:
         while time.monotonic() < deadline and any(alive(k) for k in kids):
             time.sleep(0.25)
         self._kill_pids([k for k in kids if alive(k)], signal.SIGKILL)
+        # SIGKILL is not instant: a niced process on a busy machine needs CPU time to exit,
+        # so return only once they are gone (or 10 s on), not while they still run.
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and any(alive(k) for k in kids):
+            time.sleep(0.1)
         self.nodes, self.extra, self.superlink = {}, [], None
 
     def __enter__(self) -> LocalDeployment:
