@@ -52,14 +52,17 @@ def netns_deployment(tmp_path_factory):
     # README step 2: the SuperLink's certificate names the address the others dial
     subprocess.run(["bash", str(script), str(certs), f"{SUBNET}.1", "--node-keys", str(N_NODES)], check=True, capture_output=True)
     dep = NamespaceDeployment(N_NODES, root / "deploy", tls=TLSFiles(certs / "ca.crt", certs / "server.pem", certs / "server.key"), node_keys=certs)
+    started = False
     try:
-        dep.start()
+        dep.start()  # if it fails, it has stopped what it started and deleted the network
+        started = True
         yield dep
     finally:
         pids = [p.pid for p in [*dep.nodes.values(), *dep.extra, *([dep.superlink] if dep.superlink else [])]]
         pids += [k for p in pids for k in descendants(p)]
         dep.stop()
-        assert pids and not [p for p in pids if alive(p)], "a Flower process outlived stop()"
+        assert pids or not started, "no Flower process to check"
+        assert not [p for p in pids if alive(p)], "a Flower process outlived stop()"
         assert not dep.stray, f"processes {dep.stray} were left in the namespaces after stop()"
         assert not dep.net.leftovers(), "a namespace or interface outlived stop()"
 
