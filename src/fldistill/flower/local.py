@@ -91,6 +91,12 @@ class LocalDeployment:
         With TLS: enable SuperNode authentication; the folder holds ``node-I`` (private)
         and ``node-I.pub`` for each node I (``scripts/flower_certs.sh --node-keys N``).
         Each public key is registered with the SuperLink before its node starts.
+
+    Attributes
+    ----------
+    host : str
+        The address the SuperLink listens on and everyone reaches it at (loopback here;
+        a subclass that places the SuperLink on another host sets its address).
     """
 
     def __init__(self, n_nodes: int, workdir: str | Path, *, tls: TLSFiles | None = None, node_keys: str | Path | None = None) -> None:
@@ -101,6 +107,7 @@ class LocalDeployment:
         self.n_nodes, self.tls = n_nodes, tls
         self.node_keys = Path(node_keys).resolve() if node_keys is not None else None
         self.workdir = Path(workdir).resolve()
+        self.host = "127.0.0.1"
         self.port = free_port()
         self.superlink: subprocess.Popen[bytes] | None = None
         self.nodes: dict[int, subprocess.Popen[bytes]] = {}
@@ -118,9 +125,11 @@ class LocalDeployment:
     @property
     def address(self) -> str:
         """The SuperLink's address (Fleet, Control and Runtime APIs share one port)."""
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
-    def _spawn(self, cmd: list[str], log_name: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, cmd: list[str], log_name: str, node: int | None = None) -> subprocess.Popen[bytes]:
+        # ``node``: the client a SuperNode serves (None: the SuperLink), so that a subclass
+        # can start each process on its own host; here they all share this one.
         log = open(self.workdir / "logs" / log_name, "wb")  # noqa: SIM115 (closed with the process)
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir)
 
@@ -129,7 +138,7 @@ class LocalDeployment:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         home = Path(self.env["FLWR_HOME"])
         home.mkdir(parents=True, exist_ok=True)
-        link = [_bin("flower-superlink"), "--port", str(self.port), "--disable-runtime-dependency-installation"]
+        link = [_bin("flower-superlink"), "--host", self.host, "--port", str(self.port), "--disable-runtime-dependency-installation"]
         link += self._tls_server_args()
         if self.node_keys is not None:
             link.append("--enable-supernode-auth")
@@ -159,7 +168,7 @@ class LocalDeployment:
             if self.superlink is not None and self.superlink.poll() is not None:
                 raise RuntimeError(f"the SuperLink exited; see {self.workdir / 'logs' / 'superlink.log'}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                socket.create_connection((self.host, self.port), timeout=1).close()
                 return
             except OSError:
                 time.sleep(0.2)
@@ -180,7 +189,7 @@ class LocalDeployment:
             private_key = self.node_keys / f"node-{partition_id}"
         if private_key is not None:
             cmd += ["--auth-supernode-private-key", str(private_key)]
-        proc = self._spawn(cmd, f"supernode-{partition_id}-{len(self.extra) + len(self.nodes)}.log")
+        proc = self._spawn(cmd, f"supernode-{partition_id}-{len(self.extra) + len(self.nodes)}.log", node=partition_id)
         if partition_id in self.nodes:
             self.extra.append(proc)  # a second node for the same client (e.g. an intruder in a test)
         else:
@@ -256,6 +265,11 @@ class LocalDeployment:
         while time.monotonic() < deadline and any(alive(k) for k in kids):
             time.sleep(0.25)
         self._kill_pids([k for k in kids if alive(k)], signal.SIGKILL)
+        # SIGKILL is not instant: a niced process on a busy machine needs CPU time to exit,
+        # so return only once they are gone (or 10 s on), not while they still run.
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and any(alive(k) for k in kids):
+            time.sleep(0.1)
         self.nodes, self.extra, self.superlink = {}, [], None
 
     def __enter__(self) -> LocalDeployment:
