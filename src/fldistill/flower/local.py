@@ -243,9 +243,11 @@ class LocalDeployment:
         deadline = time.monotonic() + timeout_s
         next_status = time.monotonic() + STATUS_EVERY_S
         while time.monotonic() < deadline:
-            if time.monotonic() >= next_status:
-                # A ServerApp that was killed writes nothing: the SuperLink's run status
-                # (failed once its heartbeats stop, about a minute) is how we learn it.
+            # A ServerApp that was killed writes nothing: the SuperLink's run status (failed
+            # once its heartbeats stop, about a minute) is how we learn it. Asking costs a
+            # `flwr` process, so only while no ServerApp process runs here (before it
+            # starts, after it ended).
+            if time.monotonic() >= next_status and not self.serverapp_pids():
                 next_status = time.monotonic() + STATUS_EVERY_S
                 status = self.run_status(run_id)
                 ours = [file_stamp(out / n) not in (None, before[n]) for n in ("summary.json", "error.txt")]
