@@ -321,6 +321,11 @@ class LocalDeployment:
         while time.monotonic() < deadline and any(alive(k) for k in kids):
             time.sleep(0.25)
         self._kill_pids([k for k in kids if alive(k)], signal.SIGKILL)
+        # SIGKILL is delivered asynchronously: on a loaded machine a killed helper can
+        # linger a moment, and stop() promises that nothing outlives it
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and any(alive(k) for k in kids):
+            time.sleep(0.1)
         self.nodes, self.extra, self.superlink = {}, [], None
 
     def __enter__(self) -> LocalDeployment:
