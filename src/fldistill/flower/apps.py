@@ -12,13 +12,17 @@ id is its node's ``partition-id``. Its store and inbox persist in Flower's
 The experiment config travels as the run-config key ``fldistill-config`` (the resolved
 config as JSON; :func:`write_app` puts it in the app's ``pyproject.toml``) or, in the
 simulation runtime, in the app objects themselves. The ServerApp writes the run folder
-named by the run-config key ``out``.
+named by the run-config key ``out``; with the key ``resume`` true it continues that run
+from its last checkpoint (the Runner's resume), as a new Flower run whose nodes start with
+an empty ``context.state``: the server sends their inboxes again (see
+:mod:`fldistill.flower.comm`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,7 @@ from fldistill.config import RunConfig, parse_config
 from fldistill.data.federation import Federation
 from fldistill.engine.comm import TASKS, ClientContext
 from fldistill.errors import ConfigError
-from fldistill.flower.codec import get_inbox, get_payload, has_payload, put_inbox, put_payload
+from fldistill.flower.codec import get_inbox_entries, get_payload, has_payload, put_inbox, put_payload
 from fldistill.flower.comm import FlowerComm, discover_nodes
 from fldistill.ledger import Kind, Payload
 
@@ -39,6 +43,7 @@ log = logging.getLogger("fldistill.flower")
 
 CONFIG_KEY = "fldistill-config"
 OUT_KEY = "out"
+RESUME_KEY = "resume"
 
 # One federation per config per process: the simulation runtime reuses its workers, so
 # a node builds its data once; the deployment runtime starts a process per message, which
@@ -52,6 +57,13 @@ def _run_config_value(context: Context, key: str, given: str | None) -> str:
     if key not in context.run_config:
         raise ConfigError(f"the Flower run config has no '{key}'; build the app with `fldistill flower app`")
     return str(context.run_config[key])
+
+
+def _resume_flag(context: Context, given: bool | None) -> bool:
+    """The ``resume`` flag: given, else the run config's (apps written before it existed: False)."""
+    if given is not None:
+        return given
+    return bool(context.run_config.get(RESUME_KEY, False))
 
 
 def _node_objects(cfg_json: str) -> tuple[RunConfig, Federation, torch.nn.Module]:
@@ -101,13 +113,21 @@ def make_client_app(cfg_json: str | None = None) -> ClientApp:
         st = context.state
         store = get_payload(st, "fld.store", dev)[0].tensors if has_payload(st, "fld.store") else {}
         # relayed device-to-device messages arrive with this request, before the task runs
-        inbox = get_inbox(st, "fld.inbox", dev) + get_inbox(msg.content, "relay", dev)
+        entries = get_inbox_entries(st, "fld.inbox", dev) + get_inbox_entries(msg.content, "relay", dev)
+        inbox = [(src, p) for src, p, _ in entries]
         ctx = ClientContext(cid, fed, model, cfg.local, cfg.seed, store, inbox)
         reply = TASKS[task_name](ctx, req)
+        # `entries` keeps every received payload alive, so their ids stay unique while the
+        # task's pops are matched back to the server's message numbers.
+        seq_of = {id(p): seq for _, p, seq in entries}
+        left = [seq_of.get(id(p)) for _, p in ctx.inbox]
         put_payload(st, "fld.store", Payload(ctx.store, {k: Kind.STATE for k in ctx.store}))
-        put_inbox(st, "fld.inbox", ctx.inbox)
+        put_inbox(st, "fld.inbox", ctx.inbox, left)
         rd = RecordDict()
-        put_payload(rd, "reply", reply)
+        # Control header, not payload (unpriced, like `cid`): which of the server's messages
+        # are still in this node's inbox, and whether the task keeps a store here; the
+        # server checkpoints the first and refuses to resume over the second.
+        put_payload(rd, "reply", reply, inbox=left, store=sorted(ctx.store))
         return Message(rd, reply_to=msg)
 
     for name in sorted(TASKS):
@@ -115,7 +135,9 @@ def make_client_app(cfg_json: str | None = None) -> ClientApp:
     return app
 
 
-def make_server_app(cfg_json: str | None = None, out: str | None = None, *, quiet: bool = True) -> ServerApp:
+def make_server_app(
+    cfg_json: str | None = None, out: str | None = None, *, quiet: bool = True, resume: bool | None = None
+) -> ServerApp:
     """The ServerApp: discovers the nodes, then runs the method with the shared Runner.
 
     Parameters
@@ -123,6 +145,10 @@ def make_server_app(cfg_json: str | None = None, out: str | None = None, *, quie
     cfg_json, out : str, optional
         The resolved run config as JSON and the run folder; default: the run config's
         ``fldistill-config`` and ``out``.
+    resume : bool, optional
+        Continue the run in ``out`` from its last checkpoint (the Runner's resume: a
+        changed config is refused); default: the run config's ``resume`` (else False).
+        What the nodes held (their inboxes) is sent to them again, see :class:`FlowerComm`.
     """
     app = ServerApp()
 
@@ -132,7 +158,10 @@ def make_server_app(cfg_json: str | None = None, out: str | None = None, *, quie
 
         cfg = parse_config(json.loads(_run_config_value(context, CONFIG_KEY, cfg_json)))
         out_dir = Path(_run_config_value(context, OUT_KEY, out))
+        resuming = _resume_flag(context, resume)
         torch.set_num_threads(cfg.flower.threads)
+        if resuming:  # the failure being resumed from is superseded by this attempt
+            (out_dir / "error.txt").unlink(missing_ok=True)
         try:
             nodes = discover_nodes(grid, cfg.clients, cfg.flower.connect_timeout_s, cfg.flower.timeout_s)
             made: list[FlowerComm] = []
@@ -141,9 +170,12 @@ def make_server_app(cfg_json: str | None = None, out: str | None = None, *, quie
                 made.append(FlowerComm(grid, nodes, ledger, fed, model, local, seed, timeout_s=cfg.flower.timeout_s))
                 return made[-1]
 
-            summary = Runner(cfg, out_dir, quiet=quiet, comm_factory=comm_factory).run()
+            summary = Runner(cfg, out_dir, resume=resuming, quiet=quiet, comm_factory=comm_factory).run()
             summary["flower"] = made[-1].summary()
-            (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            # atomically: LocalDeployment.submit polls this file and must never read half of it
+            tmp = out_dir / "summary.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+            os.replace(tmp, out_dir / "summary.json")
         except Exception as err:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "error.txt").write_text(f"{type(err).__name__}: {err}\n")
@@ -152,17 +184,19 @@ def make_server_app(cfg_json: str | None = None, out: str | None = None, *, quie
     return app
 
 
-def write_app(cfg: RunConfig, out: str | Path, app_dir: str | Path) -> Path:
+def write_app(cfg: RunConfig, out: str | Path, app_dir: str | Path, *, resume: bool = False) -> Path:
     """Write a Flower app project (``pyproject.toml``) that runs ``cfg`` into ``out``.
 
     ``flwr run APP_DIR CONNECTION`` then submits it to a SuperLink. The resolved config
-    is embedded, so every SuperNode builds the same federation.
+    is embedded, so every SuperNode builds the same federation. With ``resume`` the app
+    continues the run in ``out`` from its last checkpoint; a config that differs from the
+    folder's (other than a larger ``rounds``) is refused here, before anything is submitted.
     """
     import tomli_w
 
     from fldistill.runner import Runner
 
-    resolved = Runner(cfg, Path(out), quiet=True).cfg  # validates and resolves defaults
+    resolved = Runner(cfg, Path(out), quiet=True, resume=resume).cfg  # validates and resolves defaults
     app_dir = Path(app_dir)
     app_dir.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {
@@ -177,7 +211,7 @@ def write_app(cfg: RunConfig, out: str | Path, app_dir: str | Path) -> Path:
                         "serverapp": "fldistill.flower.deploy:server_app",
                         "clientapp": "fldistill.flower.deploy:client_app",
                     },
-                    "config": {CONFIG_KEY: resolved.to_json(), OUT_KEY: str(Path(out).resolve())},
+                    "config": {CONFIG_KEY: resolved.to_json(), OUT_KEY: str(Path(out).resolve()), RESUME_KEY: resume},
                 }
             },
         },

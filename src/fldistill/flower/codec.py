@@ -7,6 +7,7 @@ small metadata as one JSON string in a ``ConfigRecord``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -51,20 +52,30 @@ def has_payload(rd: RecordDict, prefix: str) -> bool:
     return f"{prefix}.config" in rd
 
 
-def put_inbox(rd: RecordDict, prefix: str, inbox: list[tuple[int, Payload]]) -> None:
-    """Store an inbox (sender, payload) list, replacing any inbox already under ``prefix``."""
+def put_inbox(rd: RecordDict, prefix: str, inbox: list[tuple[int, Payload]], seqs: Sequence[int | None] | None = None) -> None:
+    """Store an inbox (sender, payload) list, replacing any inbox already under ``prefix``.
+
+    ``seqs`` are the server's numbers of the messages (:class:`~fldistill.flower.comm.FlowerComm`
+    mirrors every node's inbox by them, so that a resumed run can send it again).
+    """
     for key in [k for k in rd if k.startswith(prefix + ".")]:
         del rd[key]
     for j, (src, p) in enumerate(inbox):
-        put_payload(rd, f"{prefix}.{j}", p, src=int(src))
+        put_payload(rd, f"{prefix}.{j}", p, src=int(src), seq=None if seqs is None else seqs[j])
 
 
 def get_inbox(rd: RecordDict, prefix: str, device: torch.device | str = "cpu") -> list[tuple[int, Payload]]:
     """The inbox stored by :func:`put_inbox` (in order)."""
+    return [(src, p) for src, p, _ in get_inbox_entries(rd, prefix, device)]
+
+
+def get_inbox_entries(rd: RecordDict, prefix: str, device: torch.device | str = "cpu") -> list[tuple[int, Payload, int | None]]:
+    """The inbox stored by :func:`put_inbox`, in order: (sender, payload, server's number or None)."""
     out = []
     j = 0
     while has_payload(rd, f"{prefix}.{j}"):
         p, head = get_payload(rd, f"{prefix}.{j}", device)
-        out.append((int(head["src"]), p))
+        seq = head.get("seq")
+        out.append((int(head["src"]), p, None if seq is None else int(seq)))
         j += 1
     return out

@@ -14,6 +14,17 @@ into every metrics record and the summary's ``flower`` section.
 A client that does not answer in time (or whose node died) is left out of the replies
 and recorded in the round's ``missing`` list; the round goes on with the replies that
 came. A task that *raised* on a client is a bug, not a fault, and stops the run.
+
+Resume: a node's inbox lives in its Flower ``context.state``, which a new Flower run
+starts empty. Every message that enters an inbox passed through the server (the relay),
+so the server keeps a copy of it, numbered, and each reply says which numbers are still
+in the node's inbox (a task may consume messages). That mirror is checkpointed with the
+Runner's state; a resumed run sends it to each node again with the node's next message.
+The re-sent bits are real traffic but not part of the experiment: they are counted apart,
+as ``resume_bits`` / ``resume_messages`` (metrics records and the ``flower`` summary), so
+the ledger of a resumed run equals the uninterrupted run's. A client *store* cannot be
+mirrored (the server never sees it): a checkpoint taken while a node keeps one cannot be
+resumed on Flower, and says so.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -31,9 +43,9 @@ from flwr.serverapp import Grid
 from fldistill.config import LocalConfig
 from fldistill.data.federation import Federation
 from fldistill.engine.comm import Comm
-from fldistill.errors import ConfigError
+from fldistill.errors import ConfigError, DataError
 from fldistill.flower.codec import get_payload, put_inbox, put_payload
-from fldistill.ledger import Ledger, Payload
+from fldistill.ledger import Kind, Ledger, Payload
 
 log = logging.getLogger("fldistill.flower")
 
@@ -108,6 +120,32 @@ def discover_nodes(grid: Grid, n_clients: int, timeout_s: float, reply_timeout_s
     return out
 
 
+@dataclass
+class Mail:
+    """The server's copy of one message in a client's inbox.
+
+    Attributes
+    ----------
+    seq : int
+        The server's number of the message (unique in the run).
+    src : int
+        The sending client.
+    payload : Payload
+        What was sent.
+    sent : bool
+        It went to the receiver's node (else it waits for the node's next message).
+    resend : bool
+        A resumed run sends it again (the node's new Flower run lost it); priced as
+        ``resume_bits``, not as a relay.
+    """
+
+    seq: int
+    src: int
+    payload: Payload
+    sent: bool = False
+    resend: bool = False
+
+
 class FlowerComm(Comm):
     """Runs tasks on Flower SuperNodes; routing and pricing are :class:`~fldistill.engine.comm.Comm`'s.
 
@@ -139,14 +177,17 @@ class FlowerComm(Comm):
         self.grid, self.nodes = grid, dict(nodes)
         self.ledger, self.fed, self.model, self.local, self.seed = ledger, fed, model, local, seed
         self.timeout_s = float(timeout_s)
-        # Client stores live on the nodes (their Flower context.state), not here.
-        self.stores: dict[int, dict[str, torch.Tensor]] = {}
-        # What each client's inbox received, metadata only (methods read e.g. distillation
-        # times from it); the tensors travel to the node with its next message.
-        self.inboxes: dict[int, list[tuple[int, Payload]]] = {}
-        self.pending: dict[int, list[tuple[int, Payload]]] = {}
+        # Every client's inbox as the server knows it, in the node's order: what the node
+        # holds (sent) followed by what waits for its next message (see Mail).
+        self.mail: dict[int, list[Mail]] = {}
+        self.next_seq = 0
+        # Clients whose node keeps a store (client-private state the server never sees).
+        self.node_stores: dict[int, list[str]] = {}
         self.relay_bits = 0
         self.relay_messages = 0
+        self.resume_bits = 0
+        self.resume_messages = 0
+        self.resumed_after: list[int] = []  # the checkpointed round each resume continued from
         self.missing: list[int] = []  # since the last round_report
         self.missing_by_round: list[list[int]] = []
         self.call_seconds: list[float] = []
@@ -166,11 +207,7 @@ class FlowerComm(Comm):
                 continue
             rd = RecordDict()
             put_payload(rd, "req", requests[cid], task=task_name, cid=cid)
-            relayed = self.pending.pop(cid, [])
-            if relayed:
-                put_inbox(rd, "relay", relayed)
-                self.relay_bits += sum(self.ledger.price(p) for _, p in relayed)
-                self.relay_messages += len(relayed)
+            self._attach_mail(rd, cid)
             msgs.append(Message(rd, dst_node_id=node, message_type=message_type(task_name)))
             cid_of_node[node] = cid
         got: dict[int, Payload] = {}
@@ -184,7 +221,8 @@ class FlowerComm(Comm):
                     raise RuntimeError(f"client {cid} failed in task {task_name!r}: {m.error.reason}")
                 log.warning("client %d: no result for %s (%s)", cid, task_name, m.error.reason)
                 continue
-            got[cid] = get_payload(m.content, "reply", self.fed.x.device)[0]
+            got[cid], head = get_payload(m.content, "reply", self.fed.x.device)
+            self._track(cid, head)
             if progress is not None:
                 progress(1)
         missing += [cid for cid in sorted(requests) if cid in self.nodes and cid not in got]
@@ -194,17 +232,58 @@ class FlowerComm(Comm):
         self.call_seconds.append(time.perf_counter() - t0)
         return got
 
+    def _attach_mail(self, rd: RecordDict, cid: int) -> None:
+        """Put what waits for ``cid``'s node into its request (``relay``), pricing each leg."""
+        out = [m for m in self.mail.get(cid, []) if not m.sent]
+        if not out:
+            return
+        put_inbox(rd, "relay", [(m.src, m.payload) for m in out], [m.seq for m in out])
+        for m in out:
+            bits = self.ledger.price(m.payload)
+            if m.resend:
+                self.resume_bits += bits
+                self.resume_messages += 1
+            else:
+                self.relay_bits += bits
+                self.relay_messages += 1
+            m.sent, m.resend = True, False
+
+    def _track(self, cid: int, head: Mapping[str, Any]) -> None:
+        """Follow ``cid``'s node: which of our messages its inbox still holds, whether it keeps a store.
+
+        A node that did not answer is not tracked: what it was sent is assumed delivered.
+        """
+        left = head.get("inbox")
+        if left is None:  # a node of an older fldistill: nothing to follow
+            return
+        by_seq = {m.seq: m for m in self.mail.get(cid, []) if m.sent}
+        private = [str(k) for k in head.get("store", [])]
+        if any(s not in by_seq for s in left):  # a message the server never relayed (a task wrote its own inbox)
+            private.append("<inbox entries the server never saw>")
+        if private:
+            self.node_stores[cid] = private
+        else:
+            self.node_stores.pop(cid, None)
+        self.mail[cid] = [by_seq[s] for s in left if s in by_seq] + [m for m in self.mail.get(cid, []) if not m.sent]
+
     def _deliver(self, dst: int, src: int, reply: Payload) -> None:
-        """Relayed: the tensors go to ``dst``'s node with its next message; metadata is kept here."""
-        self.pending.setdefault(dst, []).append((src, reply))
-        self.inboxes.setdefault(dst, []).append((src, Payload(meta=dict(reply.meta))))
+        """Relayed: the tensors go to ``dst``'s node with its next message; the server keeps a copy."""
+        self.mail.setdefault(dst, []).append(Mail(self.next_seq, src, reply))
+        self.next_seq += 1
+
+    def inbox_meta(self, cid: int) -> list[tuple[int, dict[str, Any]]]:
+        """Sender and metadata of each message in client ``cid``'s inbox (the server's copy)."""
+        return [(m.src, dict(m.payload.meta)) for m in self.mail.get(cid, [])]
 
     def round_report(self) -> dict[str, Any]:
         """Lost clients and relay counters of the round that just ended (then reset)."""
         missing = sorted(set(self.missing))
         self.missing = []
         self.missing_by_round.append(missing)
-        return {"missing": missing, "relay_bits": self.relay_bits, "relay_messages": self.relay_messages}
+        return {
+            "missing": missing, "relay_bits": self.relay_bits, "relay_messages": self.relay_messages,
+            "resume_bits": self.resume_bits, "resume_messages": self.resume_messages,
+        }
 
     def summary(self) -> dict[str, Any]:
         """The ``flower`` section of ``summary.json``."""
@@ -212,6 +291,9 @@ class FlowerComm(Comm):
             "nodes": {str(c): n for c, n in sorted(self.nodes.items())},
             "relay_bits": self.relay_bits,
             "relay_messages": self.relay_messages,
+            "resume_bits": self.resume_bits,
+            "resume_messages": self.resume_messages,
+            "resumed_after": self.resumed_after,
             "missing_by_round": self.missing_by_round,
             "timeout_s": self.timeout_s,
             "seconds_per_call": sum(self.call_seconds) / max(len(self.call_seconds), 1),
@@ -219,9 +301,55 @@ class FlowerComm(Comm):
 
     # -- checkpointing -------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Server-side counters only: client state lives on the nodes (no resume on Flower)."""
-        return {}, {"stores": {}, "inboxes": {}, "relay_bits": self.relay_bits, "relay_messages": self.relay_messages}
+        """The inbox mirror (InProcessComm's layout, plus the Flower bookkeeping) and the counters."""
+        tensors: dict[str, torch.Tensor] = {}
+        inboxes: dict[str, list[dict[str, Any]]] = {}
+        for cid, box in self.mail.items():
+            if not box:
+                continue
+            entries = []
+            for j, m in enumerate(box):
+                kinds = {k: Kind(v).value for k, v in m.payload.kinds.items()}
+                entries.append({"src": m.src, "kinds": kinds, "meta": m.payload.meta, "seq": m.seq, "sent": m.sent or m.resend})
+                for k, v in m.payload.tensors.items():
+                    tensors[f"inbox/{cid}/{j}/{k}"] = v
+            inboxes[str(cid)] = entries
+        meta = {
+            "stores": {}, "inboxes": inboxes, "next_seq": self.next_seq, "node_stores": {str(c): k for c, k in self.node_stores.items()},
+            "relay_bits": self.relay_bits, "relay_messages": self.relay_messages,
+            "resume_bits": self.resume_bits, "resume_messages": self.resume_messages,
+            "resumed_after": self.resumed_after, "missing_by_round": self.missing_by_round,
+        }
+        return tensors, meta
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        """Restore the counters of :meth:`state_dict`."""
+        """Restore :meth:`state_dict`; what the nodes held is marked to be sent to them again.
+
+        Raises
+        ------
+        DataError
+            A node kept a store when the checkpoint was taken: a new Flower run cannot give it back.
+        """
+        private = {int(c): list(k) for c, k in meta.get("node_stores", {}).items()}
+        private |= {int(c): list(k) for c, k in meta.get("stores", {}).items()}  # an in-process checkpoint's
+        if private:
+            raise DataError(
+                "this checkpoint cannot be resumed on Flower: the nodes of client(s) "
+                f"{sorted(private)} kept state in their store ({sorted({k for v in private.values() for k in v})}), "
+                "which only they had and a new Flower run starts without; resume it in-process (fldistill run --resume) or start again"
+            )
+        self.mail = {}
+        for c, entries in meta.get("inboxes", {}).items():
+            box = []
+            for j, e in enumerate(entries):
+                kinds = {k: Kind(v) for k, v in e["kinds"].items()}
+                p = Payload({k: tensors[f"inbox/{c}/{j}/{k}"] for k in kinds}, kinds, e["meta"])
+                # an in-process checkpoint has no seq/sent: its inboxes were all with their clients
+                sent = bool(e.get("sent", True))
+                box.append(Mail(int(e.get("seq", -1 - j)), int(e["src"]), p, sent=False, resend=sent))
+            self.mail[int(c)] = box
+        self.next_seq = int(meta.get("next_seq", sum(len(b) for b in self.mail.values())))
         self.relay_bits, self.relay_messages = int(meta.get("relay_bits", 0)), int(meta.get("relay_messages", 0))
+        self.resume_bits, self.resume_messages = int(meta.get("resume_bits", 0)), int(meta.get("resume_messages", 0))
+        self.missing_by_round = [list(r) for r in meta.get("missing_by_round", [])]
+        self.resumed_after = [*meta.get("resumed_after", []), len(self.missing_by_round) - 1]

@@ -29,6 +29,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+STATUS_EVERY_S = 5.0  # how often submit asks the SuperLink whether its run is still alive
+
+
+def file_stamp(path: Path) -> int | None:
+    """``path``'s modification time in ns, or None when it does not exist.
+
+    Compared before and after a run, it tells a file that run wrote from a stale one of an
+    earlier attempt on the same run folder (its error.txt, or the summary of a finished run
+    resumed again).
+    """
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
 def _bin(name: str) -> str:
     # Flower's console scripts live beside this interpreter (a venv) or on PATH.
     cand = Path(sys.executable).with_name(name)
@@ -204,8 +220,14 @@ class LocalDeployment:
         proc.wait()
         self._kill_pids(kids, signal.SIGKILL)
 
-    def submit(self, cfg: RunConfig, out: str | Path, *, timeout_s: float = 600.0) -> dict[str, Any]:
+    def submit(self, cfg: RunConfig, out: str | Path, *, timeout_s: float = 600.0, resume: bool = False) -> dict[str, Any]:
         """Run ``cfg`` on this deployment (``flwr run``) and wait for its summary.
+
+        Parameters
+        ----------
+        resume : bool
+            Continue the run in ``out`` from its last checkpoint (a new Flower run: the
+            nodes get their inboxes again); a changed config is refused before submitting.
 
         Raises
         ------
@@ -216,7 +238,9 @@ class LocalDeployment:
 
         out = Path(out).resolve()
         app = self.workdir / "apps" / out.name
-        write_app(cfg, out, app)
+        write_app(cfg, out, app, resume=resume)
+        # what an earlier attempt on this folder left (see file_stamp) is not this run's result
+        before = {name: file_stamp(out / name) for name in ("error.txt", "summary.json")}
         res = subprocess.run(
             [_bin("flwr"), "run", str(app), "local", "--format", "json"],
             env=self.env, cwd=self.workdir, capture_output=True, text=True, timeout=120,
@@ -224,12 +248,27 @@ class LocalDeployment:
         self.last_submit = res.stdout
         if res.returncode != 0 or '"success": false' in res.stdout:
             raise RuntimeError(f"flwr run failed: {res.stdout.strip()} {res.stderr.strip()}")
+        run_id = str(json.loads(res.stdout).get("run-id", ""))
         deadline = time.monotonic() + timeout_s
+        next_status = time.monotonic() + STATUS_EVERY_S
         while time.monotonic() < deadline:
-            if (out / "error.txt").exists():
+            # A ServerApp that was killed writes nothing: the SuperLink's run status (failed
+            # once its heartbeats stop, about a minute) is how we learn it. Asking costs a
+            # `flwr` process, so only while no ServerApp process runs here (before it
+            # starts, after it ended).
+            if time.monotonic() >= next_status and not self.serverapp_pids():
+                next_status = time.monotonic() + STATUS_EVERY_S
+                status = self.run_status(run_id)
+                ours = [file_stamp(out / n) not in (None, before[n]) for n in ("summary.json", "error.txt")]
+                if status is not None and status.startswith("finished") and not any(ours):
+                    raise RuntimeError(
+                        f"the Flower run {run_id} ended ({status}) without a summary: its ServerApp died; "
+                        f"continue it from its last checkpoint with resume (fldistill flower local --resume --out {out})"
+                    )
+            if file_stamp(out / "error.txt") not in (None, before["error.txt"]):
                 raise RuntimeError(f"the Flower run failed: {(out / 'error.txt').read_text().strip()}")
             summary = out / "summary.json"
-            if summary.exists():
+            if file_stamp(summary) not in (None, before["summary.json"]):
                 s = json.loads(summary.read_text())
                 if "flower" in s:  # written last, by the ServerApp
                     return s
@@ -237,6 +276,32 @@ class LocalDeployment:
                 raise RuntimeError(f"the SuperLink exited; see {self.workdir / 'logs' / 'superlink.log'}")
             time.sleep(0.5)
         raise RuntimeError(f"the Flower run did not finish within {timeout_s:.0f} s; logs in {self.workdir / 'logs'}")
+
+    def run_status(self, run_id: str) -> str | None:
+        """The SuperLink's status of run ``run_id`` (``running``, ``finished:failed``, ...); None if unknown."""
+        try:
+            res = subprocess.run(
+                [_bin("flwr"), "ls", "local", "--run-id", run_id, "--format", "json"],
+                env=self.env, cwd=self.workdir, capture_output=True, text=True, timeout=60,
+            )
+            runs = json.loads(res.stdout).get("runs", [])
+        except (subprocess.TimeoutExpired, json.JSONDecodeError, OSError):
+            return None
+        return str(runs[0]["status"]) if runs else None
+
+    def serverapp_pids(self) -> list[int]:
+        """Process ids of the ServerApps running on this deployment (``flwr-serverapp``, started by the SuperLink)."""
+        if self.superlink is None:
+            return []
+        out = []
+        for pid in descendants(self.superlink.pid):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(Path(a.decode(errors="replace")).name == "flwr-serverapp" for a in argv[:2]):
+                out.append(pid)
+        return out
 
     @staticmethod
     def _kill_pids(pids: list[int], sig: signal.Signals) -> None:
@@ -266,7 +331,7 @@ class LocalDeployment:
             time.sleep(0.25)
         self._kill_pids([k for k in kids if alive(k)], signal.SIGKILL)
         # SIGKILL is not instant: a niced process on a busy machine needs CPU time to exit,
-        # so return only once they are gone (or 10 s on), not while they still run.
+        # and stop() promises that nothing outlives it.
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline and any(alive(k) for k in kids):
             time.sleep(0.1)
