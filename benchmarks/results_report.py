@@ -37,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fldistill.report.seeds import seed_stats
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TEMPLATE = ROOT / "docs" / "results.template.md"
@@ -88,7 +90,7 @@ def groups(setting: Path) -> dict[str, list[Run]]:
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample std (0 for one value)."""
+    """Mean (``math.fsum``, exact to the last digit shown) and sample std (0 for one value)."""
     m = math.fsum(values) / len(values)
     s = math.sqrt(math.fsum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
     return m, s
@@ -107,10 +109,7 @@ def ci95(values: list[float]) -> str:
     """The Student-t 95% interval of the mean, ``[lo, hi]``; ``-`` for fewer than two values."""
     if len(values) < 2:
         return "-"
-    from scipy import stats
-
-    m, s = mean_std(values)
-    half = float(stats.t.ppf(0.975, len(values) - 1)) * s / math.sqrt(len(values))
+    m, half = mean_std(values)[0], seed_stats(values)[2]  # the interval's half-width: the seed tables'
     return f"[{m - half:.4f}, {m + half:.4f}]"
 
 

@@ -78,6 +78,15 @@ def test_disue_on_the_simulation_runtime_matches_inprocess(tmp_path: Path, make_
     assert a["assignment"] == b["assignment"]
 
 
+def stop_leaving_nothing(dep: LocalDeployment) -> list[int]:
+    """Stop ``dep`` and assert that none of its processes, nor any they spawned, outlived it; their ids."""
+    pids = [p.pid for p in [*dep.nodes.values(), *dep.extra, *([dep.superlink] if dep.superlink else [])]]
+    pids += [k for p in pids for k in descendants(p)]
+    dep.stop()
+    assert not [p for p in pids if alive(p)], "a Flower process outlived stop()"
+    return pids
+
+
 @pytest.fixture(scope="module")
 def secure_deployment(tmp_path_factory):
     """SuperLink + 4 SuperNodes with TLS and node authentication (keys from scripts/flower_certs.sh)."""
@@ -93,10 +102,7 @@ def secure_deployment(tmp_path_factory):
         dep.certs = certs  # type: ignore[attr-defined]
         yield dep
     finally:
-        pids = [p.pid for p in [*dep.nodes.values(), *dep.extra, *([dep.superlink] if dep.superlink else [])]]
-        pids += [k for p in pids for k in descendants(p)]
-        dep.stop()
-        assert pids and not [p for p in pids if alive(p)], "a Flower process outlived stop()"
+        assert stop_leaving_nothing(dep), "no Flower process to check"
 
 
 @pytest.mark.deployment

@@ -22,12 +22,12 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from fldistill.flower.local import TLSFiles, alive, descendants  # noqa: E402
+from fldistill.flower.local import TLSFiles  # noqa: E402
 from fldistill.flower.netns import SUBNET, NamespaceDeployment, netns_inode, unavailable_reason  # noqa: E402
 from fldistill.runner import Runner  # noqa: E402
 
 # the configs and the equality check of the loopback tests (pytest puts tests/ on sys.path)
-from test_flower import _assert_same_run, _fedavg, _hfldd  # noqa: E402
+from test_flower import _assert_same_run, _fedavg, _hfldd, stop_leaving_nothing  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.deployment]
 
@@ -58,11 +58,8 @@ def netns_deployment(tmp_path_factory):
         started = True
         yield dep
     finally:
-        pids = [p.pid for p in [*dep.nodes.values(), *dep.extra, *([dep.superlink] if dep.superlink else [])]]
-        pids += [k for p in pids for k in descendants(p)]
-        dep.stop()
+        pids = stop_leaving_nothing(dep)
         assert pids or not started, "no Flower process to check"
-        assert not [p for p in pids if alive(p)], "a Flower process outlived stop()"
         assert not dep.stray, f"processes {dep.stray} were left in the namespaces after stop()"
         assert not dep.net.leftovers(), "a namespace or interface outlived stop()"
 

@@ -27,10 +27,11 @@ import pytest
 pytest.importorskip("flwr")
 
 from fldistill.errors import ConfigError  # noqa: E402
-from fldistill.flower.local import LocalDeployment, alive, descendants  # noqa: E402
+from fldistill.flower.local import LocalDeployment  # noqa: E402
 from fldistill.flower.sim import run_flower_simulation  # noqa: E402
 from fldistill.methods import get_method  # noqa: E402
 from fldistill.runner import CHECKPOINT, Runner  # noqa: E402
+from test_flower import stop_leaving_nothing  # noqa: E402  (tests/ is on the path)
 
 pytestmark = pytest.mark.slow
 
@@ -181,10 +182,7 @@ def deployment(tmp_path: Path):
         dep.start()
         yield dep
     finally:
-        pids = [p.pid for p in [*dep.nodes.values(), *dep.extra, *([dep.superlink] if dep.superlink else [])]]
-        pids += [k for p in pids for k in descendants(p)]
-        dep.stop()
-        assert pids and not [p for p in pids if alive(p)], "a Flower process outlived stop()"
+        assert stop_leaving_nothing(dep), "no Flower process to check"
 
 
 @pytest.mark.deployment
