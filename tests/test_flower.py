@@ -65,17 +65,37 @@ def test_simulation_runtime_matches_inprocess(tmp_path: Path, make_cfg) -> None:
     assert set(s["flower"]["nodes"]) == {"0", "1", "2", "3"}
 
 
-def test_disue_on_the_simulation_runtime_matches_inprocess(tmp_path: Path, make_cfg) -> None:
-    """DisUE's client task (training, label counts, the encrypted update) runs on Flower nodes unchanged."""
+# The clustered and hierarchical methods, each set to do its characteristic step within
+# 2 rounds on 4 clients in two planted label-swap groups: IFCA picks clusters by loss, CFL
+# splits at round 2, CFLHKD clusters after one warm-up round and runs its edges (logical
+# roles of the ServerApp: edge->client hops are Flower messages, edge<->cloud are priced
+# on the server) with multi-teacher KD, DisUE's client task (training, label counts, the
+# encrypted update) runs on the nodes unchanged.
+CLUSTERED = {
+    "disue": {"iterations": 2, "batch": 16, "student_steps": 2, "noise_dim": 8, "gen_width": 8, "groups": 2},
+    "ifca": {"clusters": 2},
+    "cfl": {"warmup": 1, "rel_eps1": 10.0, "rel_eps2": 0.0, "min_separation": None},
+    "cflhkd": {"k": 2, "edge_rounds": 2, "warmup_rounds": 1, "lam": 0.5},
+}
+
+
+@pytest.mark.parametrize("method", sorted(CLUSTERED))
+def test_clustered_methods_on_the_simulation_runtime_match_inprocess(tmp_path: Path, make_cfg, method: str) -> None:
+    """Same accuracy, bits per hop (edge hops included), ledger and cluster assignment as in-process."""
     from fldistill.flower.sim import run_flower_simulation
 
-    params = {"iterations": 2, "batch": 16, "student_steps": 2, "noise_dim": 8, "gen_width": 8, "groups": 2}
-    cfg = _fedavg(make_cfg, method="disue", params=params)
-    Runner(cfg, tmp_path / "ref", quiet=True).run()
-    run_flower_simulation(cfg, tmp_path / "sim")
+    cfg = _fedavg(make_cfg, method=method, params=CLUSTERED[method], partition="iid", groups="2:labelswap")
+    ref = Runner(cfg, tmp_path / "ref", quiet=True).run()
+    sim = run_flower_simulation(cfg, tmp_path / "sim")
     _assert_same_run(tmp_path / "ref", tmp_path / "sim")
+    assert sim["bits"] == ref["bits"] and sim.get("clusters") == ref.get("clusters")
+    assert set(sim["flower"]["nodes"]) == {"0", "1", "2", "3"}
     a, b = (json.loads((tmp_path / d / "clustering.json").read_text()) for d in ("ref", "sim"))
     assert a["assignment"] == b["assignment"]
+    if method == "cfl":  # the split happened, so the comparison covers the clustered rounds
+        assert _records(tmp_path / "sim")[-1]["n_clusters"] == 2
+    if method == "cflhkd":
+        assert ref["bits"]["edge->client"] > 0 and ref["bits"]["edge->cloud"] > 0
 
 
 def stop_leaving_nothing(dep: LocalDeployment) -> list[int]:

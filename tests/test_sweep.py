@@ -67,6 +67,12 @@ def test_sweep_runs_are_ordinary_runs_resumable_and_aggregated(tmp_path: Path, c
     assert main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/s*/metrics.jsonl")} == before
     assert "4 finished earlier" in capsys.readouterr().err
+    # another call into the same folder (a new grid point, a new seed) adds to the manifest:
+    # the aggregate covers every finished run of the folder, not only this call's
+    assert main(["sweep", *TINY, "--grid", "local.lr=0.2", "--seeds", "0", "--out", str(out)]) == 0
+    table = (out / "sweep.csv").read_text()
+    assert all(f"local.lr-{lr}" in table for lr in ("0.05", "0.1", "0.2"))
+    assert len(json.loads((out / "sweep.json").read_text())["runs"]) == 5
     # another base config in the same folder is refused by key
     capsys.readouterr()
     assert main(["sweep", *TINY, "--set", "local.momentum=0.5", "--grid", "local.lr=0.05", "--out", str(out)]) == 2

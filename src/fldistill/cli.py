@@ -182,13 +182,14 @@ def _sweep_runs(args: argparse.Namespace, base: dict[str, Any], kind: str) -> tu
 def cmd_sweep(args: argparse.Namespace) -> int:
     base = explicit_config(args)
     out, _, outcomes, _ = _sweep_runs(args, base, "sweep")
-    finished = [o.run.out for o in outcomes if o.status != "failed"]
-    if finished:
-        from fldistill.sweep import aggregate
+    failed = [o for o in outcomes if o.status == "failed"]
+    if len(failed) < len(outcomes):
+        from fldistill.sweep import aggregate, finished_runs
 
-        console.print(aggregate(finished, out, target=args.target))
+        # every finished run of the folder, earlier calls' included (another grid, more seeds)
+        console.print(aggregate(finished_runs(out), out, target=args.target))
         console.print(f"wrote {out}/sweep.md, sweep.csv, accuracy_bands.png; runs in {out}/<point>/s<seed>")
-    return 1 if len(finished) < len(outcomes) else 0
+    return 1 if failed else 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

@@ -209,7 +209,11 @@ def execute(
     out = check_output_dir(out)
     check_manifest(out, base)
     make_output_dir(out)
-    manifest = {"format": "fldistill.sweep/1", "base": base, "runs": [{"label": r.label, "seed": r.seed, "dir": str(r.out)} for r in runs]}
+    # The manifest lists every run this folder's sweeps planned, earlier calls' too, so the
+    # aggregate of a folder filled by several calls (another grid, more seeds) covers them all.
+    entries = {(e["label"], e["seed"]): e for e in manifest_entries(out)}
+    entries.update({(r.label, r.seed): {"label": r.label, "seed": r.seed, "dir": str(r.out)} for r in runs})
+    manifest = {"format": "fldistill.sweep/1", "base": base, "runs": list(entries.values())}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     (out / "configs").mkdir(exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
@@ -261,6 +265,22 @@ def execute(
             raise KeyboardInterrupt("sweep interrupted; run the same command again to continue (finished runs are kept)") from None
     order = {r.out: i for i, r in enumerate(runs)}
     return sorted(outcomes, key=lambda o: order[o.run.out])
+
+
+def manifest_entries(out: Path) -> list[dict[str, Any]]:
+    """The runs recorded in ``out``'s manifest (every call's), in the order they were planned."""
+    path = out / MANIFEST
+    return list(json.loads(path.read_text()).get("runs", [])) if path.is_file() else []
+
+
+def finished_runs(out: Path) -> list[Path]:
+    """The folders of the manifest's runs that have a summary: what the sweep's aggregate covers.
+
+    Found under ``out`` by point and seed (``dir`` records the path as given, which may be
+    relative to another working directory).
+    """
+    dirs = [out / e["label"] / f"s{e['seed']}" for e in manifest_entries(out)]
+    return [d for d in dirs if (d / "summary.json").is_file()]
 
 
 def _finished(run: SweepRun, base: dict[str, Any]) -> bool:

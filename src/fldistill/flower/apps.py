@@ -102,6 +102,9 @@ def make_client_app(cfg_json: str | None = None) -> ClientApp:
         return Message(RecordDict({"hello": ConfigRecord({"partition-id": _partition_id(context)})}), reply_to=msg)
 
     def handle(msg: Message, context: Context) -> Message:
+        # Again here: a Ray worker unpickles this app without running the import above, and
+        # a task's local objective (MOON's, CFLHKD's KD term) registers when its module loads.
+        all_methods()
         task_name = msg.metadata.message_type.split(".", 1)[1]
         cfg, fed, model = _node_objects(_run_config_value(context, CONFIG_KEY, cfg_json))
         torch.set_num_threads(cfg.flower.threads)
