@@ -11,8 +11,10 @@ Usage (see benchmarks/README.md)::
     python benchmarks/engine.py rounds --clients 1000 --dataset-size 200000 --rounds 3
     python benchmarks/engine.py flower --clients 100 --rounds 100
     python benchmarks/engine.py flower --clients 1000 --rounds 3 --dataset-size 200000
+    python benchmarks/engine.py flower --clients 100 --rounds 4 --dataset fashion-mnist   # 2-D CNN (mnist_cnn)
     python benchmarks/engine.py kl --clients 1000
     python benchmarks/engine.py hfldd --clients 100
+    python benchmarks/engine.py scale --rounds 3  # 100, 1,000, 10,000 clients: s per client-step, peak RSS
     python benchmarks/engine.py summary        # the issue's targets from the result files
 """
 
@@ -83,12 +85,15 @@ def write(name: str, out: Path, result: dict[str, Any], table: list[tuple[str, s
     print("\n".join(lines))
 
 
-def fedavg_cfg(clients: int, rounds: int, dataset_size: int | None, device: str, engine: str = "auto", seed: int = 0):
-    """The benchmark workload: FedAvg on mnist1d, IID, its tuned defaults (2 epochs, batch 32)."""
+def fedavg_cfg(
+    clients: int, rounds: int, dataset_size: int | None, device: str, engine: str = "auto", seed: int = 0, dataset: str = "mnist1d"
+):
+    """The benchmark workload: FedAvg, IID, its per-family defaults (mnist1d: 2 epochs, batch 32, mnist1d_cnn;
+    28x28 grey images such as fashion-mnist: lr 0.02 and ``mnist_cnn``, the HFLDD paper's 2-D CNN)."""
     from fldistill.config import parse_config
 
     return parse_config(
-        {"method": "fedavg", "dataset": "mnist1d", "partition": "iid", "clients": clients, "rounds": rounds,
+        {"method": "fedavg", "dataset": dataset, "partition": "iid", "clients": clients, "rounds": rounds,
          "seed": seed, "dataset_size": dataset_size, "device": device, "engine": engine}
     )
 
@@ -178,13 +183,16 @@ def cmd_rounds(a: argparse.Namespace) -> None:
         method.global_state = ends["vectorised"]
         print(f"round {t}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items() if v), flush=True)
     med = {k: statistics.median(v) for k, v in times.items() if v}
+    from fldistill.engine.training import num_local_steps
+
+    steps = sum(num_local_steps(len(method.fed.client_train[c]), method.cfg.local) for c in method.sample_clients(1))
     res: dict[str, Any] = {
         "workload": f"FedAvg, mnist1d IID, {a.clients} clients, 2 local epochs, batch 32, mnist1d_cnn",
         "clients": a.clients, "rounds": a.rounds, "device": a.device, "dataset_size": a.dataset_size,
         "samples_per_client": float(method.fed.train_sizes().mean()),
         "seconds_per_round": times, "median_s": med, "build_s": build_s,
         "max_abs_param_diff_seq_vs_vec": max_diff, "peak_rss_gib": peak_rss_gib(),
-        "client_runs": comm.client_runs,
+        "client_runs": comm.client_runs, "client_steps_per_round": steps,
     }
     rows = [("workload", res["workload"]), ("mean local train samples per client", f"{res['samples_per_client']:.1f}")]
     rows += [(f"{k} s/round (median of {len(times[k])})", f"{v:.4f}") for k, v in med.items()]
@@ -201,6 +209,45 @@ def cmd_rounds(a: argparse.Namespace) -> None:
     write(a.name or f"rounds_{a.clients}_{a.device.replace(':', '')}", Path(a.out), res, rows)
 
 
+# --------------------------------------------------------------------------- scale
+def cmd_scale(a: argparse.Namespace) -> None:
+    """Seconds per FedAvg round and per client-step at 100, 1,000 and 10,000 clients, peak memory.
+
+    Each size runs ``rounds --vectorised-only`` in its own child process (so its peak RSS
+    is its own), with the same samples per client (``--per-client``, train + test) so
+    that the work per client is constant and seconds per client-step should stay flat.
+    """
+    sizes = [int(x) for x in a.sizes.split(",")]
+    rows_md, res = [], {"per_client": a.per_client, "rounds": a.rounds, "sizes": {}}
+    load0 = os.getloadavg()
+    for n in sizes:
+        name = f"scale_{n}"
+        cmd = [sys.executable, __file__, "rounds", "--vectorised-only", "--clients", str(n), "--rounds", str(a.rounds),
+               "--dataset-size", str(n * a.per_client), "--threads", str(a.threads), "--out", a.out, "--name", name]
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        if r.returncode:
+            raise SystemExit(f"{n} clients failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+        got = json.loads((Path(a.out) / f"{name}.json").read_text())
+        s_round = got["median_s"]["vectorised"]
+        per_step = s_round / got["client_steps_per_round"]
+        res["sizes"][n] = {"s_per_round": s_round, "client_steps": got["client_steps_per_round"], "us_per_client_step": per_step * 1e6,
+                           "peak_rss_gib": got["peak_rss_gib"], "build_s": got["build_s"], "wall_s": time.perf_counter() - t0,
+                           "samples_per_client": got["samples_per_client"], "floor_s": got["median_s"]["floor"]}
+        rss = got["peak_rss_gib"]
+        print(f"{n} clients: {s_round:.3f} s/round, {per_step * 1e6:.1f} us per client-step, peak {rss:.2f} GiB", flush=True)
+    base = res["sizes"][sizes[0]]["us_per_client_step"]
+    res["load_start"], res["load_end"] = load0, os.getloadavg()
+    rows_md = [(f"{n:,} clients",
+                f"{v['s_per_round']:.3f} s/round, {v['client_steps']:,} client-steps, {v['us_per_client_step']:.1f} us per client-step "
+                f"({v['us_per_client_step'] / base:.2f}x of {sizes[0]:,}), floor {v['floor_s']:.3f} s, "
+                f"peak RSS {v['peak_rss_gib']:.2f} GiB, "
+                f"build {v['build_s']:.1f} s, {v['samples_per_client']:.0f} train samples per client")
+               for n, v in res["sizes"].items()]
+    rows_md.append(("1-min load average, start / end", f"{load0[0]:.1f} / {res['load_end'][0]:.1f}"))
+    write(a.name or "scale", Path(a.out), res, rows_md)
+
+
 # --------------------------------------------------------------------------- flower
 def cmd_fldistill_run(a: argparse.Namespace) -> None:
     """A whole fldistill run (what ``fldistill run`` does); prints per-round wall times as JSON."""
@@ -208,7 +255,7 @@ def cmd_fldistill_run(a: argparse.Namespace) -> None:
 
     t0 = time.perf_counter()
     out = Path(tempfile.mkdtemp()) / "run"
-    s = Runner(fedavg_cfg(a.clients, a.rounds, a.dataset_size, a.device, a.engine), out, quiet=True).run()
+    s = Runner(fedavg_cfg(a.clients, a.rounds, a.dataset_size, a.device, a.engine, dataset=a.dataset), out, quiet=True).run()
     walls = [json.loads(ln)["wall_s"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
     print("RESULT " + json.dumps({"in_process_s": time.perf_counter() - t0, "round_walls": walls,
                                   "final_accuracy": s["final_accuracy"], "peak_rss_gib": peak_rss_gib()}))
@@ -219,11 +266,12 @@ def cmd_flower_run(a: argparse.Namespace) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from flower_app import run_flower
 
-    print("RESULT " + json.dumps(run_flower(a.clients, a.rounds, a.dataset_size, a.workers)))
+    print("RESULT " + json.dumps(run_flower(a.clients, a.rounds, a.dataset_size, a.workers, a.dataset)))
 
 
 def _child(sub: str, a: argparse.Namespace, *extra: str) -> tuple[float, dict[str, Any]]:
-    cmd = [sys.executable, __file__, sub, "--clients", str(a.clients), "--rounds", str(a.rounds), "--threads", str(a.threads), *extra]
+    cmd = [sys.executable, __file__, sub, "--clients", str(a.clients), "--rounds", str(a.rounds), "--threads", str(a.threads),
+           "--dataset", a.dataset, *extra]
     if a.dataset_size:
         cmd += ["--dataset-size", str(a.dataset_size)]
     t0 = time.perf_counter()
@@ -242,8 +290,12 @@ def _per_round(walls: list[float]) -> float:
 
 def cmd_flower(a: argparse.Namespace) -> None:
     """fldistill (vectorised, then sequential) vs Flower's simulation, whole runs as child processes."""
-    res: dict[str, Any] = {"workload": f"FedAvg, mnist1d IID, {a.clients} clients, 2 local epochs, batch 32, "
-                           f"{a.rounds} rounds, centralized test evaluation every round",
+    from fldistill.runner import resolve_defaults, resolve_model_name
+
+    cfg = resolve_defaults(fedavg_cfg(a.clients, a.rounds, a.dataset_size, a.device, dataset=a.dataset))
+    res: dict[str, Any] = {"workload": f"FedAvg, {a.dataset} IID, {a.clients} clients, {resolve_model_name(cfg)}, "
+                           f"{cfg.local.amount} local epochs, batch {cfg.local.batch_size}, lr {cfg.local.lr}, "
+                           f"{a.rounds} rounds, centralized test evaluation every round", "dataset": a.dataset,
                            "clients": a.clients, "rounds": a.rounds, "dataset_size": a.dataset_size, "runs": {}}
     variants = [("fldistill-vectorised", "fldistill-run", ["--engine", "vectorised"]),
                 ("fldistill-sequential", "fldistill-run", ["--engine", "sequential"]),
@@ -266,7 +318,7 @@ def cmd_flower(a: argparse.Namespace) -> None:
                  (f"{label}: final accuracy", f"{r['final_accuracy']:.4f}")]
     rows += [("**whole-run speed-up, fldistill vectorised vs Flower**", f"**{res['whole_run_speedup_vs_flower']:.1f}x**"),
              ("**per-round speed-up, fldistill vectorised vs Flower**", f"**{res['per_round_speedup_vs_flower']:.1f}x**")]
-    write(a.name or f"flower_{a.clients}", Path(a.out), res, rows)
+    write(a.name or f"flower_{a.clients}" + ("" if a.dataset == "mnist1d" else f"_{a.dataset}"), Path(a.out), res, rows)
 
 
 # --------------------------------------------------------------------------- kl, hfldd
@@ -381,12 +433,13 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, fn in [("rounds", cmd_rounds), ("flower", cmd_flower), ("fldistill-run", cmd_fldistill_run),
                      ("flower-run", cmd_flower_run), ("kl", cmd_kl), ("hfldd", cmd_hfldd),
-                     ("summary", cmd_summary)]:
+                     ("scale", cmd_scale), ("summary", cmd_summary)]:
         s = sub.add_parser(name, help=fn.__doc__.splitlines()[0])
         s.set_defaults(fn=fn)
         s.add_argument("--clients", type=int, default=100)
         s.add_argument("--rounds", type=int, default=10)
         s.add_argument("--dataset-size", type=int, default=None, help="mnist1d samples (train+test); 200000 for 1,000 clients")
+        s.add_argument("--dataset", default="mnist1d", help="flower: the workload's dataset (fashion-mnist: mnist_cnn on 28x28)")
         s.add_argument("--device", default="cpu")
         s.add_argument("--out", default=str(RESULTS))
         s.add_argument("--name", default=None, help="result file name (default from the command)")
@@ -396,6 +449,8 @@ def main() -> None:
         s.add_argument("--repeat", type=int, default=3)
         s.add_argument("--vectorised-only", action="store_true", help="rounds: skip the sequential engine")
         s.add_argument("--skip-sequential", action="store_true", help="flower: skip the sequential fldistill run")
+        s.add_argument("--sizes", default="100,1000,10000", help="scale: client counts")
+        s.add_argument("--per-client", type=int, default=200, help="scale: mnist1d samples per client (train + test)")
         s.add_argument("--threads", type=int, default=2,
                        help="torch threads of fldistill (default 2, the 2 cores Flower's 2 single-threaded workers get; "
                             "1 is more robust on a heavily shared machine)")

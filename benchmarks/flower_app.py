@@ -1,6 +1,6 @@
 """The engine benchmark's workload as a Flower 1.41 app, run by Flower's simulation runtime.
 
-Identical work to ``fldistill run`` with FedAvg on mnist1d IID: the same federation
+Identical work to ``fldistill run`` with FedAvg on mnist1d (or ``dataset``) IID: the same federation
 (``build_federation``), the same seeded initial model, the same local SGD
 (``local_train`` with FedAvg's resolved local config and each client's own
 ``("client", cid, "train", round)`` batch stream), sample-weighted averaging by Flower's
@@ -21,28 +21,24 @@ import torch
 _CACHE: dict[str, Any] = {}
 
 
-def _setup(clients: int, dataset_size: int | None) -> dict[str, Any]:
+def _setup(clients: int, dataset_size: int | None, dataset: str = "mnist1d") -> dict[str, Any]:
     """Federation, model and resolved config, built once per process (server or Ray worker)."""
-    key = f"{clients}-{dataset_size}"
+    key = f"{dataset}-{clients}-{dataset_size}"
     if key not in _CACHE:
         sys.path.insert(0, str(Path(__file__).parent))
         from engine import fedavg_cfg
 
-        from fldistill.data.federation import build_federation
-        from fldistill.runner import resolve_defaults, resolve_model_name
-        from fldistill.models import build_model
-        from fldistill.seeding import seed_for
+        from fldistill.runner import federation_for, model_for, resolve_defaults
 
         torch.set_num_threads(1)
-        cfg = resolve_defaults(fedavg_cfg(clients, 1, dataset_size, "cpu"))
-        fed = build_federation(cfg.dataset, cfg.partition, cfg.clients, cfg.seed, dataset_size=cfg.dataset_size)
-        torch.manual_seed(seed_for(cfg.seed, "init"))
-        model = build_model(resolve_model_name(cfg), fed.input_shape, fed.n_classes)
+        cfg = resolve_defaults(fedavg_cfg(clients, 1, dataset_size, "cpu", dataset=dataset))
+        fed = federation_for(cfg)  # exactly the in-process run's federation and seeded initial model
+        model = model_for(cfg, fed)
         _CACHE[key] = {"cfg": cfg, "fed": fed, "model": model, "init": {k: v.clone() for k, v in model.state_dict().items()}}
     return _CACHE[key]
 
 
-def run_flower(clients: int, rounds: int, dataset_size: int | None, workers: int = 2) -> dict[str, Any]:
+def run_flower(clients: int, rounds: int, dataset_size: int | None, workers: int = 2, dataset: str = "mnist1d") -> dict[str, Any]:
     """Run the workload through ``flwr.simulation.run_simulation``; returns timings and accuracy."""
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
@@ -60,7 +56,7 @@ def run_flower(clients: int, rounds: int, dataset_size: int | None, workers: int
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
-        s = _setup(clients, dataset_size)
+        s = _setup(clients, dataset_size, dataset)
         cid = int(context.node_config["partition-id"])
         rnd = int(msg.content["config"]["server-round"])
         state = msg.content["arrays"].to_torch_state_dict()
@@ -77,7 +73,7 @@ def run_flower(clients: int, rounds: int, dataset_size: int | None, workers: int
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        s = _setup(clients, dataset_size)
+        s = _setup(clients, dataset_size, dataset)
         fed = s["fed"]
 
         def central_eval(server_round: int, arrays: ArrayRecord) -> MetricRecord:
