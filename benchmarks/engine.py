@@ -218,7 +218,7 @@ def cmd_scale(a: argparse.Namespace) -> None:
     that the work per client is constant and seconds per client-step should stay flat.
     """
     sizes = [int(x) for x in a.sizes.split(",")]
-    rows_md, res = [], {"per_client": a.per_client, "rounds": a.rounds, "sizes": {}}
+    res: dict[str, Any] = {"per_client": a.per_client, "rounds": a.rounds, "sizes": {}}
     load0 = os.getloadavg()
     for n in sizes:
         name = f"scale_{n}"

@@ -1,7 +1,7 @@
 """The engine benchmark's workload as a Flower 1.41 app, run by Flower's simulation runtime.
 
 Identical work to ``fldistill run`` with FedAvg on mnist1d (or ``dataset``) IID: the same federation
-(``build_federation``), the same seeded initial model, the same local SGD
+(``federation_for``), the same seeded initial model (``model_for``), the same local SGD
 (``local_train`` with FedAvg's resolved local config and each client's own
 ``("client", cid, "train", round)`` batch stream), sample-weighted averaging by Flower's
 ``FedAvg`` strategy, and a centralized test evaluation of the global model every round.

@@ -69,6 +69,12 @@ def _resume_flag(context: Context, given: bool | None) -> bool:
 def _node_objects(cfg_json: str) -> tuple[RunConfig, Federation, torch.nn.Module]:
     hit = _NODE_CACHE.get(cfg_json)
     if hit is None:
+        from fldistill.methods import all_methods
+
+        # Once per process: a Ray worker unpickles the ClientApp without running the import in
+        # make_client_app, and a task's local objective (MOON's, CFLHKD's KD term) registers
+        # when its method's module loads.
+        all_methods()
         from fldistill.flower.nodecache import node_federation
         from fldistill.runner import model_for
 
@@ -102,9 +108,6 @@ def make_client_app(cfg_json: str | None = None) -> ClientApp:
         return Message(RecordDict({"hello": ConfigRecord({"partition-id": _partition_id(context)})}), reply_to=msg)
 
     def handle(msg: Message, context: Context) -> Message:
-        # Again here: a Ray worker unpickles this app without running the import above, and
-        # a task's local objective (MOON's, CFLHKD's KD term) registers when its module loads.
-        all_methods()
         task_name = msg.metadata.message_type.split(".", 1)[1]
         cfg, fed, model = _node_objects(_run_config_value(context, CONFIG_KEY, cfg_json))
         torch.set_num_threads(cfg.flower.threads)
