@@ -101,9 +101,12 @@ def test_ifca_and_cfl_recover_labelswap_groups(tmp_path: Path, make_cfg) -> None
     """Four ground-truth groups by label permutation: both methods find them exactly."""
     base = dict(dataset="mnist1d", partition="iid", clients=24, rounds=12, groups="4:labelswap",
                 local={"amount": 2, "lr": 0.15, "batch_size": 32, "momentum": 0.9}, seed=0)
-    for method, params in (("ifca", {"clusters": 4, "init": "search", "init_share": 0.2}), ("cfl", {"warmup": 2})):
+    # CFL splits one cluster at a time, each when its updates stall: three splits take more
+    # rounds than IFCA's one-shot search (at 12 rounds seed 0 stopped at 3 clusters; at 18
+    # seeds 0, 1 and 2 all reach the 4 planted groups)
+    for method, params, rounds in (("ifca", {"clusters": 4, "init": "search", "init_share": 0.2}, 12), ("cfl", {"warmup": 2}, 18)):
         d = tmp_path / method
-        s = Runner(make_cfg(method=method, params=params, **base), d, quiet=True).run()
+        s = Runner(make_cfg(method=method, params=params, **{**base, "rounds": rounds}), d, quiet=True).run()
         assert s["final_purity"] == 1.0 and s["final_ari"] == 1.0, (method, s.get("final_purity"))
         doc = json.loads((d / "clustering.json").read_text())
         assert doc["clusters"] == 4 and len(doc["assignment"]) == 24 and doc["by_round"][-1]["ari"] == 1.0
