@@ -100,7 +100,7 @@ def test_clustered_methods_on_the_simulation_runtime_match_inprocess(tmp_path: P
 
 def stop_leaving_nothing(dep: LocalDeployment) -> list[int]:
     """Stop ``dep`` and assert that none of its processes, nor any they spawned, outlived it; their ids."""
-    pids = [p.pid for p in [*dep.nodes.values(), *dep.extra, *([dep.superlink] if dep.superlink else [])]]
+    pids = [p.pid for p in [*dep.nodes.values(), *dep.extra, *dep.executors.values(), *([dep.superlink] if dep.superlink else [])]]
     pids += [k for p in pids for k in descendants(p)]
     dep.stop()
     assert not [p for p in pids if alive(p)], "a Flower process outlived stop()"

@@ -37,6 +37,7 @@ from fldistill.engine.comm import TASKS, ClientContext
 from fldistill.errors import ConfigError
 from fldistill.flower.codec import get_inbox_entries, get_payload, has_payload, put_inbox, put_payload
 from fldistill.flower.comm import FlowerComm, discover_nodes
+from fldistill.flower.trace import mark
 from fldistill.ledger import Kind, Payload
 
 log = logging.getLogger("fldistill.flower")
@@ -109,6 +110,7 @@ def make_client_app(cfg_json: str | None = None) -> ClientApp:
 
     def handle(msg: Message, context: Context) -> Message:
         task_name = msg.metadata.message_type.split(".", 1)[1]
+        mark("task_start", task=task_name)
         cfg, fed, model = _node_objects(_run_config_value(context, CONFIG_KEY, cfg_json))
         torch.set_num_threads(cfg.flower.threads)
         cid = _partition_id(context)
@@ -134,6 +136,7 @@ def make_client_app(cfg_json: str | None = None) -> ClientApp:
         # are still in this node's inbox, and whether the task keeps a store here; the
         # server checkpoints the first and refuses to resume over the second.
         put_payload(rd, "reply", reply, inbox=left, store=sorted(ctx.store))
+        mark("task_end", task=task_name)
         return Message(rd, reply_to=msg)
 
     for name in sorted(TASKS):
@@ -160,8 +163,10 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        from fldistill.flower.flwrpatch import shorten_waits_from_env
         from fldistill.runner import Runner
 
+        shorten_waits_from_env()  # set by LocalDeployment(poll_s=...); unset: Flower's own back-off
         cfg = parse_config(json.loads(_run_config_value(context, CONFIG_KEY, cfg_json)))
         out_dir = Path(_run_config_value(context, OUT_KEY, out))
         resuming = _resume_flag(context, resume)

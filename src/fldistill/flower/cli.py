@@ -37,6 +37,13 @@ def add_flower_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="with --tls: SuperNode authentication with CERT_DIR/node-I keys (flower_certs.sh --node-keys N)",
     )
     lo.add_argument("--resume", action="store_true", help=resume_help)
+    lo.add_argument(
+        "--stock",
+        action="store_true",
+        help="Flower's own SuperNode and SuperExec: a fresh flwr-clientapp per message and Flower's fixed waits "
+        "(default: fldistill's warm executor and waits capped at --poll; same numbers, several times faster per round)",
+    )
+    lo.add_argument("--poll", type=float, default=0.2, metavar="S", help="cap on Flower's fixed waits in seconds (default 0.2)")
     lo.set_defaults(fn=cmd_local)
 
     a = fs.add_parser("app", help="write a Flower app folder for `flwr run APP_DIR CONNECTION` on a running SuperLink")
@@ -88,6 +95,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_local(args: argparse.Namespace) -> int:
+    if not 0.01 <= args.poll <= 3.0:
+        from fldistill.errors import ConfigError
+
+        raise ConfigError(f"--poll {args.poll}: give seconds between 0.01 and 3")
     cfg, out = _setup(args)
     from fldistill.flower.local import LocalDeployment, TLSFiles
 
@@ -106,7 +117,8 @@ def cmd_local(args: argparse.Namespace) -> int:
         raise ConfigError("--node-auth needs --tls CERT_DIR (with node-I keys from scripts/flower_certs.sh --node-keys N)")
     keys = Path(args.tls) if args.node_auth else None
     work = Path(args.workdir) if args.workdir else out.with_name(out.name + ".flower")
-    with LocalDeployment(cfg.clients, work, tls=tls, node_keys=keys) as dep:
+    poll = None if args.stock else float(args.poll)
+    with LocalDeployment(cfg.clients, work, tls=tls, node_keys=keys, warm=not args.stock, poll_s=poll) as dep:
         s = dep.submit(cfg, out, resume=args.resume)
     _report(s, out)
     return 0

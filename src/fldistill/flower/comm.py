@@ -45,6 +45,7 @@ from fldistill.data.federation import Federation
 from fldistill.engine.comm import Comm
 from fldistill.errors import ConfigError, DataError
 from fldistill.flower.codec import get_payload, put_inbox, put_payload
+from fldistill.flower.trace import mark
 from fldistill.ledger import Kind, Ledger, Payload
 
 log = logging.getLogger("fldistill.flower")
@@ -66,6 +67,7 @@ def exchange(grid: Grid, msgs: list[Message], timeout_s: float) -> list[Message]
     """
     if not msgs:
         return []
+    mark("push", n=len(msgs), type=msgs[0].metadata.message_type)
     waiting = set(grid.push_messages(msgs))
     out: list[Message] = []
     deadline = time.monotonic() + timeout_s
@@ -74,6 +76,7 @@ def exchange(grid: Grid, msgs: list[Message], timeout_s: float) -> list[Message]
         out += got
         waiting -= {m.metadata.reply_to_message_id for m in got}
         if not waiting or time.monotonic() >= deadline:
+            mark("replies", n=len(out))
             break
         time.sleep(POLL_S)
     return out

@@ -107,6 +107,18 @@ class LocalDeployment:
         With TLS: enable SuperNode authentication; the folder holds ``node-I`` (private)
         and ``node-I.pub`` for each node I (``scripts/flower_certs.sh --node-keys N``).
         Each public key is registered with the SuperLink before its node starts.
+    warm : bool
+        Start each SuperNode in Flower's process isolation mode beside fldistill's warm
+        SuperExec (:mod:`fldistill.flower.executor`: a fresh ClientApp process per
+        message, forked from one that has imported torch and fldistill); False: Flower's
+        stock subprocess isolation, which starts ``flwr-clientapp`` from scratch per message.
+    poll_s : float or None
+        Cap on the SuperNodes' fixed waits (Flower sleeps 3 s after an empty look for a
+        message): the nodes run :mod:`fldistill.flower.supernode`. None: Flower's own
+        ``flower-supernode``. ``warm=False, poll_s=None`` is a stock Flower deployment.
+    trace : Path, optional
+        Every process appends the timestamps of its message path to this file
+        (:mod:`fldistill.flower.trace`).
 
     Attributes
     ----------
@@ -115,12 +127,13 @@ class LocalDeployment:
         a subclass that places the SuperLink on another host sets its address).
     """
 
-    def __init__(self, n_nodes: int, workdir: str | Path, *, tls: TLSFiles | None = None, node_keys: str | Path | None = None) -> None:
+    def __init__(self, n_nodes: int, workdir: str | Path, *, tls: TLSFiles | None = None, node_keys: str | Path | None = None,
+                 warm: bool = True, poll_s: float | None = 0.2, trace: str | Path | None = None) -> None:
         if n_nodes < 1:
             raise ConfigError(f"a deployment needs at least one SuperNode (got {n_nodes})")
         if node_keys is not None and tls is None:
             raise ConfigError("SuperNode authentication needs TLS: pass the certificates too")
-        self.n_nodes, self.tls = n_nodes, tls
+        self.n_nodes, self.tls, self.warm, self.poll_s = n_nodes, tls, warm, poll_s
         self.node_keys = Path(node_keys).resolve() if node_keys is not None else None
         self.workdir = Path(workdir).resolve()
         self.host = "127.0.0.1"
@@ -128,11 +141,16 @@ class LocalDeployment:
         self.superlink: subprocess.Popen[bytes] | None = None
         self.nodes: dict[int, subprocess.Popen[bytes]] = {}
         self.extra: list[subprocess.Popen[bytes]] = []
+        self.executors: dict[int, subprocess.Popen[bytes]] = {}  # warm SuperExec of each node (warm=True)
         self.env = dict(os.environ)
         self.env["FLWR_HOME"] = str(self.workdir / "flwr-home")
         # SuperExec looks for new tasks every second by default; on loopback that is most
         # of a small task's time.
         self.env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
+        if trace is not None:
+            self.env["FLDISTILL_FLOWER_TRACE"] = str(Path(trace).resolve())
+        if poll_s is not None:
+            self.env["FLDISTILL_FLOWER_POLL_S"] = str(poll_s)
         self.env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + self.env.get("PATH", "")
         # Flower's processes import fldistill: give them this interpreter's search path.
         src = str(Path(__file__).resolve().parents[2])
@@ -198,14 +216,27 @@ class LocalDeployment:
     def start_node(self, partition_id: int, private_key: Path | None = None) -> subprocess.Popen[bytes]:
         """Start a SuperNode serving client ``partition_id`` (with node authentication:
         signing with ``private_key``, by default ``node_keys/node-<partition_id>``)."""
-        cmd = [_bin("flower-supernode"), "--superlink", self.address, "--port", str(free_port())]
+        runtime_port = free_port()
+        node = [sys.executable, "-m", "fldistill.flower.supernode"] if self.poll_s is not None else [_bin("flower-supernode")]
+        cmd = [*node, "--superlink", self.address, "--port", str(runtime_port)]
+        if self.warm:
+            cmd += ["--isolation", "process"]
         cmd += ["--root-certificates", str(self.tls.ca)] if self.tls else ["--insecure"]
         cmd += ["--node-config", f"partition-id={partition_id} num-partitions={self.n_nodes}"]
         if private_key is None and self.node_keys is not None:
             private_key = self.node_keys / f"node-{partition_id}"
         if private_key is not None:
             cmd += ["--auth-supernode-private-key", str(private_key)]
-        proc = self._spawn(cmd, f"supernode-{partition_id}-{len(self.extra) + len(self.nodes)}.log", node=partition_id)
+        tag = f"{partition_id}-{len(self.extra) + len(self.nodes)}"
+        proc = self._spawn(cmd, f"supernode-{tag}.log", node=partition_id)
+        if self.warm:  # the node's SuperExec, on the same host, on the node's Runtime API (plain: it never leaves the host)
+            ex = [sys.executable, "-m", "fldistill.flower.executor", "--runtime-api-address", f"127.0.0.1:{runtime_port}",
+                  "--insecure", "--parent-pid", str(proc.pid)]
+            exe = self._spawn(ex, f"superexec-{tag}.log", node=partition_id)
+            if partition_id in self.nodes:
+                self.extra.append(exe)  # beside a second node for the same client
+            else:
+                self.executors[partition_id] = exe
         if partition_id in self.nodes:
             self.extra.append(proc)  # a second node for the same client (e.g. an intruder in a test)
         else:
@@ -214,10 +245,11 @@ class LocalDeployment:
 
     def kill_node(self, partition_id: int) -> None:
         """Kill a SuperNode abruptly (SIGKILL), as a crash or a pulled cable would."""
-        proc = self.nodes[partition_id]
-        kids = descendants(proc.pid)
-        proc.kill()
-        proc.wait()
+        procs = [self.nodes[partition_id], *([self.executors[partition_id]] if partition_id in self.executors else [])]
+        kids = [k for p in procs for k in descendants(p.pid)]
+        for p in procs:
+            p.kill()
+            p.wait()
         self._kill_pids(kids, signal.SIGKILL)
 
     def submit(self, cfg: RunConfig, out: str | Path, *, timeout_s: float = 600.0, resume: bool = False) -> dict[str, Any]:
@@ -313,7 +345,7 @@ class LocalDeployment:
 
     def stop(self) -> None:
         """Stop every process started here, SuperNodes first, each by its id."""
-        procs = [*self.nodes.values(), *self.extra, *([self.superlink] if self.superlink else [])]
+        procs = [*self.nodes.values(), *self.extra, *self.executors.values(), *([self.superlink] if self.superlink else [])]
         kids = [k for p in procs if p.poll() is None for k in descendants(p.pid)]
         for p in procs:
             if p.poll() is None:
@@ -335,7 +367,7 @@ class LocalDeployment:
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline and any(alive(k) for k in kids):
             time.sleep(0.1)
-        self.nodes, self.extra, self.superlink = {}, [], None
+        self.nodes, self.extra, self.executors, self.superlink = {}, [], {}, None
 
     def __enter__(self) -> LocalDeployment:
         return self.start()
