@@ -48,6 +48,7 @@ def config(nodes: int, rounds: int) -> RunConfig:
     return parse_config({
         "method": "fedavg", "dataset": "digits", "partition": "classes:2", "clients": nodes, "rounds": rounds, "seed": 1,
         "engine": "sequential", "local": {"amount": 1, "lr": 0.05, "batch_size": 32, "momentum": 0.9},
+        "flower": {"connect_timeout_s": 900},  # 20 stock SuperNodes take minutes to start on 2 busy cores
     })
 
 
