@@ -38,17 +38,14 @@ def _preload() -> None:
     """Import what every ClientApp of this project imports (in the zygote, once)."""
     import flwr.clientapp  # noqa: F401
     import flwr.supernode.runtime.run_clientapp  # noqa: F401
-    import torch  # noqa: F401
+    import httpx
+    import torch
 
+    import fldistill.flower.apps  # noqa: F401
     from fldistill.methods import all_methods
 
     all_methods()  # registers every method and its objectives, as apps._node_objects does
-    import httpx
-
-    import fldistill.flower.apps  # noqa: F401
-
     httpx.HTTPTransport().close()  # loads httpcore and h11, which Flower's Runtime API client imports on first use
-
     shorten_waits_from_env()  # the children's pulls from the SuperNode (set by LocalDeployment's poll_s)
     _warm_up(torch)
 

@@ -74,13 +74,15 @@ def shorten_waits(cap_s: float, *, supernode: bool = False) -> bool:
     import flwr
     from flwr.supercore.inflatable import inflatable_utils
 
-    pulls = (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree)
-    if not flwr.__version__.startswith(FLWR_VERSION + ".") or not all("backoff_cap" in (f.__kwdefaults__ or {}) for f in pulls):
+    # the keyword defaults of both pull functions, patched in place: every module that
+    # imported a function by name sees the new values
+    defaults = [f.__kwdefaults__ or {} for f in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree)]
+    if not flwr.__version__.startswith(FLWR_VERSION + ".") or not all("backoff_cap" in d for d in defaults):
         print(f"fldistill: Flower {flwr.__version__} is not the {FLWR_VERSION} these patches know; its waits are left as they are",
               file=sys.stderr)
         return False
-    for f in pulls:  # in place: every module that imported the function by name sees the new defaults
-        (f.__kwdefaults__ or {}).update(initial_backoff=min(0.02, cap_s), backoff_cap=cap_s, max_tries_per_object=None)  # max_time bounds
+    for d in defaults:
+        d.update(initial_backoff=min(0.02, cap_s), backoff_cap=cap_s, max_tries_per_object=None)  # max_time bounds
     if supernode:
         from flwr.supernode import start_client_internal as sci
 

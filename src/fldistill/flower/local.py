@@ -229,18 +229,17 @@ class LocalDeployment:
             cmd += ["--auth-supernode-private-key", str(private_key)]
         tag = f"{partition_id}-{len(self.extra) + len(self.nodes)}"
         proc = self._spawn(cmd, f"supernode-{tag}.log", node=partition_id)
+        exe = None
         if self.warm:  # the node's SuperExec, on the same host, on the node's Runtime API (plain: it never leaves the host)
             ex = [sys.executable, "-m", "fldistill.flower.executor", "--runtime-api-address", f"127.0.0.1:{runtime_port}",
                   "--insecure", "--parent-pid", str(proc.pid)]
             exe = self._spawn(ex, f"superexec-{tag}.log", node=partition_id)
-            if partition_id in self.nodes:
-                self.extra.append(exe)  # beside a second node for the same client
-            else:
-                self.executors[partition_id] = exe
-        if partition_id in self.nodes:
-            self.extra.append(proc)  # a second node for the same client (e.g. an intruder in a test)
+        if partition_id in self.nodes:  # a second node for the same client (e.g. an intruder in a test)
+            self.extra += [proc, *([exe] if exe else [])]
         else:
             self.nodes[partition_id] = proc
+            if exe:
+                self.executors[partition_id] = exe
         return proc
 
     def kill_node(self, partition_id: int) -> None:

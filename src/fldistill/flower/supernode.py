@@ -7,16 +7,14 @@ Unset, the cap defaults to 0.2 s here (starting this entry point is asking for i
 
 from __future__ import annotations
 
-import os
 import sys
 
-from fldistill.flower.flwrpatch import DEFAULT_POLL_S, POLL_ENV, shorten_waits_from_env
+from fldistill.flower.flwrpatch import DEFAULT_POLL_S, poll_seconds, shorten_waits
 
 
 def main() -> None:
     """Patch the waits, then run Flower's own ``flower-supernode``."""
-    os.environ.setdefault(POLL_ENV, str(DEFAULT_POLL_S))
-    shorten_waits_from_env(supernode=True)
+    shorten_waits(poll_seconds() or DEFAULT_POLL_S, supernode=True)
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     sys.argv[0] = "flower-supernode"
