@@ -144,6 +144,7 @@ def write_md(doc: dict[str, Any]) -> None:
             f"{r['total_bits']:,} | {r['total_bits'] == base['total_bits']} | {r['load_1m']} | {r['date']} |"
         )
     lines += ["", "Rows of one node count come from one run of the command (one machine, minutes apart); compare within a node count."]
+    lines += [f"- {n}" for n in doc.get("notes", [])]  # runs that did not finish, kept with the table they explain
     (HERE / "overhead.md").write_text("\n".join(lines) + "\n")
 
 
@@ -168,7 +169,7 @@ def main() -> None:
                 rows.append(r)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    doc = {"rounds": args.rounds, "cores": os.cpu_count(), "rows": rows,
+    doc = {"rounds": args.rounds, "cores": os.cpu_count(), "rows": rows, "notes": old.get("notes", []),
            "command": f"PYTHONPATH=src python benchmarks/flower/overhead.py --nodes N --rounds {args.rounds}"
                       f" (N = {', '.join(map(str, sorted({r['nodes'] for r in rows})))}, each its own run)"}
     path.write_text(json.dumps(doc, indent=1) + "\n")
