@@ -144,7 +144,7 @@ def write_md(doc: dict[str, Any]) -> None:
             f"{r['total_bits']:,} | {r['total_bits'] == base['total_bits']} | {r['load_1m']} | {r['date']} |"
         )
     lines += ["", "Rows of one node count come from one run of the command (one machine, minutes apart); compare within a node count."]
-    lines += [f"- {n}" for n in doc.get("notes", [])]  # runs that did not finish, kept with the table they explain
+    lines += [f"- {n['nodes']} nodes, {n['text']}" for n in doc.get("notes", [])]  # runs that did not finish
     (HERE / "overhead.md").write_text("\n".join(lines) + "\n")
 
 
@@ -158,6 +158,7 @@ def main() -> None:
     path = HERE / "overhead.json"
     old = json.loads(path.read_text()) if path.exists() else {"rows": []}
     rows = [r for r in old["rows"] if r["nodes"] not in args.nodes]
+    notes = [n for n in old.get("notes", []) if n["nodes"] not in args.nodes]  # a rerun's node count drops its old notes
     work = Path(tempfile.mkdtemp(prefix="fld-overhead-"))
     try:
         for n in args.nodes:
@@ -169,7 +170,7 @@ def main() -> None:
                 rows.append(r)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    doc = {"rounds": args.rounds, "cores": os.cpu_count(), "rows": rows, "notes": old.get("notes", []),
+    doc = {"rounds": args.rounds, "cores": os.cpu_count(), "rows": rows, "notes": notes,
            "command": f"PYTHONPATH=src python benchmarks/flower/overhead.py --nodes N --rounds {args.rounds}"
                       f" (N = {', '.join(map(str, sorted({r['nodes'] for r in rows})))}, each its own run)"}
     path.write_text(json.dumps(doc, indent=1) + "\n")
